@@ -1,0 +1,87 @@
+"""MCP adapter: serve the official ``mcp`` SDK's protocol with one supervised session per client.
+
+Every MCP session is a session actor of a `supervisor.Supervisor`: the supervisor owns ids (the
+supervisor's session id *is* the ``Mcp-Session-Id``), deadlines (idle, init, lifetime), capacity,
+lifecycle events and shutdown; the SDK only runs the per-session JSON-RPC loop
+(`mcp.server.runner.serve_loop` / ``serve_dual_era_loop``) over anyio memory streams inside the
+actor. Needs the ``[mcp]`` extra (``mcp``, ``hypercorn``, ``anyio``, ``trio-websocket``).
+
+Public API (all importable from ``supervisor.mcp``):
+
+Transports
+    `McpHttpApp`
+        ASGI application: Streamable HTTP (protocol 2025-11-25 and older) routed by
+        ``Mcp-Session-Id``, the stateless 2026-07-28 era handed to the SDK's single-exchange
+        path, and WebSocket (subprotocol ``"mcp"``, one session per connection) on the same
+        path. Serve it with ``hypercorn.trio.serve`` (or `serve_http`).
+    `serve_http`
+        ``await serve_http(sup, server, host="127.0.0.1", port=8000, ...)``: run `McpHttpApp` on
+        hypercorn's trio worker; ``task_status.started(url)`` reports the URL it serves on.
+    `serve_stdio`
+        ``await serve_stdio(server, supervisor=None, ...)``: one supervised session over
+        stdin/stdout; returns when the client closes stdin or the session ends.
+    `open_in_process_streams` / `open_in_process_client`
+        A client/server pair over memory streams, for tests and embedding: the first yields
+        `InProcessConnection` (client streams + the supervisor `Session`), the second an
+        initialized official `mcp.ClientSession`.
+    `run_mcp_session`
+        The building block the transports share: run the SDK's protocol loop for ``server`` over
+        a stream pair inside a session actor. Use it to write your own transport.
+
+Server side
+    `ServerSource`
+        What every entry point accepts as ``server``: an ``mcp.server.Server``, an
+        ``mcp.server.mcpserver.MCPServer``, or a zero-argument factory returning one (called once
+        per session, so closure state in the factory is per session).
+    `McpSession` / `current_session`
+        The per-session handle visible to tool handlers: ``current_session()`` inside a handler
+        returns the `McpSession` of the session serving the request (its supervisor
+        ``context``, ``id``, ``transport`` and a ``state`` dict owned by the session actor).
+        Outside a session (e.g. the stateless 2026 era) it raises `LookupError`.
+    `TokenVerifierFn`, `Principal`
+        Bearer-token authentication hook for `McpHttpApp`: ``async (token) -> principal | None``,
+        or any SDK ``TokenVerifier`` (``verify_token(token) -> AccessToken | None``).
+    `create_demo_server`
+        The built-in demo server (tools ``echo(text)`` and ``counter()``; ``counter`` counts per
+        session).
+    `DEFAULT_ALLOWED_HOSTS`, `DEFAULT_ALLOWED_ORIGINS`
+        Loopback defaults of the DNS-rebinding protection.
+"""
+
+from __future__ import annotations
+
+from ._demo import create_demo_server as create_demo_server
+from ._http import DEFAULT_ALLOWED_HOSTS as DEFAULT_ALLOWED_HOSTS
+from ._http import DEFAULT_ALLOWED_ORIGINS as DEFAULT_ALLOWED_ORIGINS
+from ._http import DEFAULT_MAX_BODY_SIZE as DEFAULT_MAX_BODY_SIZE
+from ._http import McpHttpApp as McpHttpApp
+from ._http import Principal as Principal
+from ._http import TokenVerifierFn as TokenVerifierFn
+from ._http import serve_http as serve_http
+from ._memory import InProcessConnection as InProcessConnection
+from ._memory import open_in_process_client as open_in_process_client
+from ._memory import open_in_process_streams as open_in_process_streams
+from ._session import McpSession as McpSession
+from ._session import ServerSource as ServerSource
+from ._session import current_session as current_session
+from ._session import run_mcp_session as run_mcp_session
+from ._stdio import serve_stdio as serve_stdio
+
+__all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
+    "DEFAULT_ALLOWED_ORIGINS",
+    "DEFAULT_MAX_BODY_SIZE",
+    "InProcessConnection",
+    "McpHttpApp",
+    "McpSession",
+    "Principal",
+    "ServerSource",
+    "TokenVerifierFn",
+    "create_demo_server",
+    "current_session",
+    "open_in_process_client",
+    "open_in_process_streams",
+    "run_mcp_session",
+    "serve_http",
+    "serve_stdio",
+]

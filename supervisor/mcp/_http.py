@@ -1,0 +1,627 @@
+"""Streamable HTTP (and WebSocket) front end: an ASGI app that routes requests to session actors.
+
+The supervisor owns the sessions; the SDK's `StreamableHTTPServerTransport` is reused per session,
+inside the session actor, for the wire format of one session (SSE or JSON responses, the GET
+stream). The SDK's session manager is not used for the stateful era. Requests of the stateless
+2026-07-28 era (``MCP-Protocol-Version: 2026-07-28``) go to the SDK's single-exchange entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import partial
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
+
+import attrs
+import trio
+from mcp.server._streamable_http_modern import handle_modern_request
+from mcp.server.auth.provider import AccessToken, principal_components
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp_types import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+
+from .. import (
+    CapacityError,
+    SessionClosed,
+    SessionNotFound,
+    SessionState,
+    SupervisorClosed,
+    Transport,
+)
+from ._session import ServerSource, resolve_server, run_mcp_session
+
+if TYPE_CHECKING:
+    from .. import Message, Session, SessionContext, Supervisor
+
+__all__ = [
+    "DEFAULT_ALLOWED_HOSTS",
+    "DEFAULT_ALLOWED_ORIGINS",
+    "DEFAULT_MAX_BODY_SIZE",
+    "McpHttpApp",
+    "Principal",
+    "TokenVerifierFn",
+    "serve_http",
+]
+
+logger = logging.getLogger("supervisor.mcp")
+
+Scope: TypeAlias = MutableMapping[str, Any]
+ASGIMessage: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[ASGIMessage]]
+Send: TypeAlias = Callable[[ASGIMessage], Awaitable[None]]
+
+#: A principal is a string naming who a bearer token belongs to.
+Principal: TypeAlias = str
+
+#: ``async (token) -> principal | None``: the bearer-token hook of `McpHttpApp`.
+TokenVerifierFn: TypeAlias = Callable[[str], Awaitable[Principal | None]]
+
+#: Host header values accepted by default: loopback names, any port.
+DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
+    "127.0.0.1",
+    "127.0.0.1:*",
+    "localhost",
+    "localhost:*",
+    "[::1]",
+    "[::1]:*",
+)
+
+#: Origin header values accepted by default (a request without Origin is always accepted).
+DEFAULT_ALLOWED_ORIGINS: tuple[str, ...] = tuple(
+    f"{scheme}://{host}"
+    for scheme in ("http", "https")
+    for host in ("127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*")
+)
+
+#: Largest accepted request body (4 MiB, as the SDK).
+DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
+
+#: Reason recorded when a client ends its session with DELETE.
+DELETED = "client-delete"
+
+_SESSION_HEADER = b"mcp-session-id"
+_VERSION_HEADER = b"mcp-protocol-version"
+_ALL_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
+
+
+@runtime_checkable
+class _SdkTokenVerifier(Protocol):
+    async def verify_token(self, token: str) -> AccessToken | None: ...
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _allowed(value: str, patterns: Iterable[str]) -> bool:
+    for pattern in patterns:
+        if pattern == "*" or pattern == value:
+            return True
+        if pattern.endswith(":*"):
+            base = pattern[:-1]
+            if value.startswith(base) and value[len(base) :].isdigit():
+                return True
+    return False
+
+
+async def _respond(
+    send: Send,
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: str | None = "application/json",
+    headers: Sequence[tuple[str, str]] = (),
+) -> None:
+    raw: list[tuple[bytes, bytes]] = []
+    if content_type is not None and body:
+        raw.append((b"content-type", content_type.encode()))
+    raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _rpc_error(
+    send: Send,
+    status: int,
+    code: int,
+    message: str,
+    *,
+    data: Any = None,
+    headers: Sequence[tuple[str, str]] = (),
+) -> None:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    await _respond(send, status, body, headers=headers)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """Read the whole request body; returns (body, disconnected)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), True
+        if message["type"] != "http.request":  # pragma: no cover - not in the ASGI spec
+            continue
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields ``body`` once, then defers to the real one (disconnects)."""
+    sent = False
+
+    async def replay() -> ASGIMessage:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+@final
+@attrs.define(slots=True, eq=False)
+class _HttpExchange:
+    """One HTTP request handed to a session actor through `Supervisor.call`."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    status: int | None = None
+
+    async def tracking_send(self, message: ASGIMessage) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+        await self.send(message)
+
+
+def _is_initialize(body: bytes) -> bool | None:
+    """True for an ``initialize`` request, False for other JSON, None for malformed JSON."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return (
+        isinstance(decoded, dict)
+        and decoded.get("method") == "initialize"
+        and "id" in decoded
+        and decoded.get("jsonrpc") == "2.0"
+    )
+
+
+@final
+class McpHttpApp:
+    """ASGI app serving MCP over Streamable HTTP and WebSocket, one supervised session per client.
+
+    Serve it with ``hypercorn.trio.serve`` (see `serve_http`), inside the supervisor's block. The
+    supervisor's session id is the ``Mcp-Session-Id``. Per request, in this order:
+
+    * a Host or Origin header outside ``allowed_hosts``/``allowed_origins`` gets 403 (DNS
+      rebinding protection; loopback is allowed by default, a request without Origin is fine);
+    * with a ``token_verifier``, a missing or refused bearer token gets 401 with
+      ``WWW-Authenticate: Bearer``;
+    * ``MCP-Protocol-Version: 2026-07-28`` goes to the SDK's stateless single-exchange path (no
+      session); any other value that is not a handshake-era version gets 400;
+    * a body above ``max_body_size`` gets 413;
+    * POST without ``Mcp-Session-Id``: an ``initialize`` request opens a new session (503 with
+      ``Retry-After`` at capacity), malformed JSON gets a JSON-RPC parse error (400), anything
+      else 400;
+    * GET/POST/DELETE with an ``Mcp-Session-Id`` that is unknown, expired, closed, or belongs to
+      another principal gets 404; DELETE ends the session (200); a session that ends while one
+      of its requests is in flight answers 404 if nothing was sent yet.
+
+    Each request of a session runs in that session's actor as a `Supervisor.call`, so it counts
+    as in flight (the idle clock is paused) while it runs; an open GET stream holds the session
+    the same way. A session whose ``initialize`` is refused is closed at once.
+
+    WebSocket connections (subprotocol ``"mcp"``, one JSON-RPC message per text frame) on the
+    same path get one session each, with transport `Transport.WEBSOCKET`.
+
+    Args:
+        supervisor: The supervisor that owns the sessions.
+        server: The MCP server, or a zero-argument factory called once per session (see
+            `ServerSource`). The stateless era uses one instance (a factory is called once).
+        path: The endpoint path (``None``: any path).
+        allowed_hosts: Accepted Host values; ``"name:*"`` means any port, ``"*"`` anything.
+        allowed_origins: Accepted Origin values, same patterns.
+        max_body_size: Largest accepted request body in bytes.
+        token_verifier: ``async (token) -> principal | None``, or an SDK ``TokenVerifier``
+            (the principal is then derived from the token's client id, issuer and subject).
+        resource_metadata_url: Advertised in ``WWW-Authenticate`` on 401 (RFC 9728).
+        json_response: Answer POSTs with one JSON body instead of an SSE stream.
+        retry_after: Seconds suggested in ``Retry-After`` on 503.
+        websocket: Accept WebSocket connections.
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        server: ServerSource,
+        *,
+        path: str | None = "/mcp",
+        allowed_hosts: Iterable[str] | None = None,
+        allowed_origins: Iterable[str] | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        token_verifier: TokenVerifierFn | _SdkTokenVerifier | None = None,
+        resource_metadata_url: str | None = None,
+        json_response: bool = False,
+        retry_after: int = 1,
+        websocket: bool = True,
+    ) -> None:
+        if max_body_size <= 0:
+            raise ValueError("max_body_size must be a positive number of bytes")
+        self.supervisor = supervisor
+        self.server = server
+        self.path = path
+        self.allowed_hosts: tuple[str, ...] = (
+            DEFAULT_ALLOWED_HOSTS if allowed_hosts is None else tuple(allowed_hosts)
+        )
+        self.allowed_origins: tuple[str, ...] = (
+            DEFAULT_ALLOWED_ORIGINS if allowed_origins is None else tuple(allowed_origins)
+        )
+        self.max_body_size = max_body_size
+        self.token_verifier = token_verifier
+        self.resource_metadata_url = resource_metadata_url
+        self.json_response = json_response
+        self.retry_after = retry_after
+        self.websocket = websocket
+        self._stateless_server: Server[Any] | None = None
+        self._stateless_state: Any = None
+        self._stateless_ready = False
+        self._lifespan_stack: AsyncExitStack | None = None
+
+    # -- ASGI entry ---------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            from ._websocket import serve_websocket_connection
+
+            await serve_websocket_connection(self, scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self._enter_stateless()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self._exit_stateless()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _enter_stateless(self) -> None:
+        server = self._stateless()
+        stack = AsyncExitStack()
+        self._stateless_state = await stack.enter_async_context(server.lifespan(server))
+        self._lifespan_stack = stack
+        self._stateless_ready = True
+
+    async def _exit_stateless(self) -> None:
+        stack, self._lifespan_stack = self._lifespan_stack, None
+        self._stateless_ready = False
+        if stack is not None:
+            await stack.aclose()
+
+    def _stateless(self) -> Server[Any]:
+        if self._stateless_server is None:
+            self._stateless_server = resolve_server(self.server)
+        return self._stateless_server
+
+    # -- checks shared with the WebSocket path ------------------------------------------------
+
+    def _path_ok(self, scope: Scope) -> bool:
+        if self.path is None:
+            return True
+        path = str(scope.get("path", ""))
+        return path == self.path or path.rstrip("/") == self.path.rstrip("/")
+
+    def _origin_ok(self, scope: Scope) -> bool:
+        host = _header(scope, b"host")
+        if host is not None and not _allowed(host, self.allowed_hosts):
+            logger.warning("refused request with Host %r", host[:100])
+            return False
+        origin = _header(scope, b"origin")
+        if origin is not None and not _allowed(origin, self.allowed_origins):
+            logger.warning("refused request with Origin %r", origin[:100])
+            return False
+        return True
+
+    async def _authenticate(self, scope: Scope) -> tuple[bool, Principal | None]:
+        """(ok, principal); ok is False when a verifier is set and the token is refused."""
+        verifier = self.token_verifier
+        if verifier is None:
+            return True, None
+        authorization = _header(scope, b"authorization") or ""
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return False, None
+        if isinstance(verifier, _SdkTokenVerifier):
+            access = await verifier.verify_token(token)
+            if access is None or (access.expires_at is not None and access.expires_at < time.time()):
+                return False, None
+            client_id, issuer, subject = principal_components(access)
+            if issuer is None and subject is None:
+                return True, client_id
+            return True, json.dumps([client_id, issuer, subject])
+        principal = await verifier(token)
+        return principal is not None, principal
+
+    def _www_authenticate(self) -> tuple[str, str]:
+        value = 'Bearer error="invalid_token", error_description="Authentication required"'
+        if self.resource_metadata_url is not None:
+            value += f', resource_metadata="{self.resource_metadata_url}"'
+        return ("WWW-Authenticate", value)
+
+    def _lookup(self, session_id: str, principal: Principal | None) -> Session | None:
+        """The live session for this id and principal, or None (answered with 404)."""
+        try:
+            session = self.supervisor.get_session(session_id)
+        except SessionNotFound:
+            return None
+        if session.transport is not Transport.HTTP:
+            return None
+        if session.state not in (SessionState.CREATED, SessionState.INITIALIZING, SessionState.READY):
+            return None
+        if session.principal != principal:
+            logger.warning("request for session %.16s... from another principal", session_id)
+            return None
+        return session
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._path_ok(scope):
+            await _respond(send, 404, b"Not Found", content_type="text/plain")
+            return
+        if not self._origin_ok(scope):
+            await _rpc_error(send, 403, INVALID_REQUEST, "Forbidden: Host or Origin not allowed")
+            return
+        ok, principal = await self._authenticate(scope)
+        if not ok:
+            body = json.dumps(
+                {"error": "invalid_token", "error_description": "Authentication required"}
+            ).encode()
+            await _respond(send, 401, body, headers=[self._www_authenticate()])
+            return
+
+        method = scope.get("method", "GET")
+        version = _header(scope, _VERSION_HEADER)
+        if version is not None and version in MODERN_PROTOCOL_VERSIONS:
+            await self._stateless_request(scope, receive, send, method)
+            return
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            await _rpc_error(
+                send,
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}",
+                data={"supported": list(_ALL_VERSIONS), "requested": version[:100]},
+            )
+            return
+
+        session_id = _header(scope, _SESSION_HEADER)
+        if method == "POST":
+            await self._post(scope, receive, send, session_id, principal)
+        elif method in ("GET", "DELETE"):
+            if session_id is None:
+                await _rpc_error(send, 400, INVALID_REQUEST, "Bad Request: Missing session ID")
+                return
+            if self._lookup(session_id, principal) is None:
+                await self._not_found(send)
+                return
+            if method == "DELETE":
+                self.supervisor.close_session(session_id, reason=DELETED)
+                await _respond(send, 200)
+            else:
+                await self._exchange(session_id, scope, receive, send)
+        else:
+            await _rpc_error(
+                send,
+                405,
+                INVALID_REQUEST,
+                "Method Not Allowed",
+                headers=[("Allow", "GET, POST, DELETE")],
+            )
+
+    async def _not_found(self, send: Send) -> None:
+        await _rpc_error(send, 404, INVALID_REQUEST, "Not Found: unknown or expired session ID")
+
+    async def _read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_size:
+            await _respond(send, 413, b"Request body too large", content_type="text/plain")
+            return None
+        try:
+            body, disconnected = await _read_body(receive, self.max_body_size)
+        except _BodyTooLarge:
+            await _respond(send, 413, b"Request body too large", content_type="text/plain")
+            return None
+        return None if disconnected else body
+
+    async def _post(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session_id: str | None,
+        principal: Principal | None,
+    ) -> None:
+        body = await self._read(scope, receive, send)
+        if body is None:
+            return
+        replayed = _replay(body, receive)
+        if session_id is not None:
+            if self._lookup(session_id, principal) is None:
+                await self._not_found(send)
+                return
+            await self._exchange(session_id, scope, replayed, send)
+            return
+        opening = _is_initialize(body)
+        if opening is None:
+            await _rpc_error(send, 400, PARSE_ERROR, "Parse error: malformed JSON")
+            return
+        if not opening:
+            await _rpc_error(send, 400, INVALID_REQUEST, "Bad Request: Missing session ID")
+            return
+        try:
+            session = self.supervisor.create_session_nowait(
+                self._actor, transport=Transport.HTTP, principal=principal
+            )
+        except (CapacityError, SupervisorClosed) as exc:
+            logger.warning("refused a new session: %s", exc)
+            await _rpc_error(
+                send,
+                503,
+                INTERNAL_ERROR,
+                "Service Unavailable: too many sessions",
+                headers=[("Retry-After", str(self.retry_after))],
+            )
+            return
+        if principal is not None and not session.is_authenticated:
+            self.supervisor.authenticate_session(session.id, principal)
+        try:
+            await self._exchange(session.id, scope, replayed, send)
+        finally:
+            if not session.is_initialized:
+                # Without a session id only initialize can succeed; a refused one leaves nothing.
+                self.supervisor.close_session(session.id, reason="init-failed")
+
+    async def _exchange(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = _HttpExchange(scope, receive, send)
+        try:
+            await self.supervisor.call(session_id, exchange)
+        except (SessionNotFound, SessionClosed):
+            if exchange.status is None:
+                await self._not_found(send)
+        finally:
+            exchange.cancel_scope.cancel()
+
+    async def _stateless_request(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+        if method == "POST":
+            body = await self._read(scope, receive, send)
+            if body is None:
+                return
+            receive = _replay(body, receive)
+        server = self._stateless()
+        if self._stateless_ready:
+            await handle_modern_request(
+                server, None, self.json_response, self._stateless_state, scope, receive, send
+            )
+            return
+        # Not started through ASGI lifespan (e.g. an in-memory test client): one lifespan per call.
+        async with server.lifespan(server) as state:
+            await handle_modern_request(server, None, self.json_response, state, scope, receive, send)
+
+    # -- the session actor --------------------------------------------------------------------
+
+    async def _actor(self, ctx: SessionContext[Any]) -> None:
+        transport = StreamableHTTPServerTransport(
+            mcp_session_id=ctx.id, is_json_response_enabled=self.json_response
+        )
+        async with transport.connect() as (read_stream, write_stream), trio.open_nursery() as requests:
+
+            def on_message(message: Message[Any]) -> None:
+                requests.start_soon(_serve_exchange, transport, message)
+
+            try:
+                await run_mcp_session(
+                    ctx,
+                    self.server,
+                    read_stream,
+                    write_stream,
+                    transport=Transport.HTTP,
+                    handshake_only=True,
+                    on_message=on_message,
+                )
+            finally:
+                requests.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await transport.terminate()
+
+
+async def _serve_exchange(transport: StreamableHTTPServerTransport, message: Message[Any]) -> None:
+    exchange = message.payload
+    if not isinstance(exchange, _HttpExchange):
+        message.fail(TypeError(f"an MCP HTTP session takes HTTP exchanges, not {exchange!r}"))
+        return
+    try:
+        with exchange.cancel_scope:
+            await transport.handle_request(exchange.scope, exchange.receive, exchange.tracking_send)
+    except Exception as exc:
+        logger.exception("MCP HTTP request failed")
+        message.fail(exc)
+        return
+    message.reply(exchange.status)
+
+
+async def serve_http(
+    supervisor: Supervisor,
+    server: ServerSource,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    path: str = "/mcp",
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    **app_options: Any,
+) -> None:
+    """Serve `McpHttpApp` with ``hypercorn.trio.serve`` until cancelled or ``shutdown_trigger``.
+
+    ``port=0`` picks a free port. ``task_status.started(url)`` reports the endpoint URL (e.g.
+    ``http://127.0.0.1:54321/mcp``) once the socket is listening, so ``url = await
+    nursery.start(serve_http, sup, server, port=0)`` works. Other keywords go to `McpHttpApp`.
+    Returning does not close the supervisor's sessions: that is the supervisor's block's job.
+    """
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    app = McpHttpApp(supervisor, server, path=path, **app_options)
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logger
+    config.graceful_timeout = 1.0
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(serve, app, config, shutdown_trigger=shutdown_trigger)
+        )
+        task_status.started(binds[0] + path)

@@ -1,0 +1,419 @@
+"""Run the SDK's per-session protocol loop inside a session actor.
+
+Every transport ends up here: `run_mcp_session` takes a stream pair (anyio memory streams, never
+raw trio channels: the SDK expects anyio's exceptions), wraps it to observe the handshake and to
+make the session visible to handlers (`current_session`), and drives ``serve_loop`` (handshake era
+only, Streamable HTTP) or ``serve_dual_era_loop`` (duplex transports, both eras) until the client
+goes away or the supervisor asks the session to close.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeAlias, final
+
+import attrs
+import trio
+from mcp.server.lowlevel.server import Server
+from mcp.server.mcpserver import MCPServer
+from mcp.server.models import InitializationOptions
+from mcp.server.runner import serve_dual_era_loop, serve_loop
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import SessionMessage
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+    JSONRPCError,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+)
+from typing_extensions import Self
+
+from .. import SessionState, SupervisorError, Transport
+
+if TYPE_CHECKING:
+    from .. import Message, SessionContext
+
+__all__ = [
+    "McpSession",
+    "ServerLike",
+    "ServerSource",
+    "current_session",
+    "resolve_server",
+    "run_mcp_session",
+]
+
+logger = logging.getLogger("supervisor.mcp")
+
+#: A server object the SDK can serve: the low-level ``Server`` or the high-level ``MCPServer``.
+ServerLike: TypeAlias = "Server[Any] | MCPServer[Any]"
+
+#: What the entry points accept: a server, or a zero-argument factory called once per session.
+ServerSource: TypeAlias = "Server[Any] | MCPServer[Any] | Callable[[], Server[Any] | MCPServer[Any]]"
+
+_CURRENT: contextvars.ContextVar[McpSession] = contextvars.ContextVar("supervisor_mcp_session")
+
+#: Reason given to the supervisor when the client ends the connection (EOF, disconnect).
+DISCONNECTED = "client-disconnected"
+
+
+@final
+@attrs.define(slots=True, eq=False)
+class McpSession:
+    """The per-session handle a tool handler sees through `current_session`.
+
+    Created by the session actor when it starts; not for users to construct. ``state`` is a plain
+    dict owned by the session actor: it lives exactly as long as the session and no other session
+    can see it, so it is the place for per-session tool state (the demo's ``counter``).
+
+    Attributes:
+        context: The supervisor's `supervisor.SessionContext` of this session (``touch``,
+            ``metadata``, ``close``, ``start_soon``, ...).
+        transport: How the client is connected.
+        state: Per-session scratch space for handlers.
+    """
+
+    context: SessionContext
+    transport: Transport
+    state: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The supervisor's session id (also the ``Mcp-Session-Id`` on Streamable HTTP)."""
+        return self.context.id
+
+
+def current_session() -> McpSession:
+    """Return the `McpSession` serving the current MCP request.
+
+    Call it from a tool, resource or prompt handler (or anything they call in the same task).
+
+    Raises:
+        LookupError: Not inside a supervised MCP session, e.g. a request of the stateless
+            2026-07-28 era over HTTP (it belongs to no session).
+    """
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise LookupError(
+            "no supervised MCP session here: current_session() works inside handlers of a "
+            "session served by supervisor.mcp (stateless 2026-07-28 requests have none)"
+        ) from None
+
+
+def _lowlevel(server: object) -> Server[Any]:
+    if isinstance(server, MCPServer):
+        # The SDK itself unwraps MCPServer this way (mcp.client._memory); there is no public name.
+        return server._lowlevel_server  # type: ignore[no-any-return]
+    if isinstance(server, Server):
+        return server
+    raise TypeError(
+        f"expected an mcp Server or MCPServer (or a factory returning one), got {type(server)!r}"
+    )
+
+
+def resolve_server(source: ServerSource) -> Server[Any]:
+    """Return the low-level ``Server`` for ``source``, calling it first if it is a factory."""
+    if isinstance(source, Server | MCPServer):
+        return _lowlevel(source)
+    if callable(source):
+        return _lowlevel(source())
+    raise TypeError(
+        f"expected an mcp Server or MCPServer (or a factory returning one), got {type(source)!r}"
+    )
+
+
+@attrs.define(slots=True, eq=False)
+class _Handshake:
+    """Watches the messages of one session and reports the handshake to the supervisor.
+
+    The legacy era: an ``initialize`` request moves the session to INITIALIZING, and the
+    successful response to it (seen on the way out, before the client can see it) records the
+    client info, the negotiated protocol version and the capabilities with ``ctx.initialize``,
+    which moves the session to READY. The 2026-07-28 era over a duplex stream has no handshake:
+    the first successful response to an enveloped request initializes the session with the
+    envelope's values. Watching the wire, not SDK internals, keeps this independent of the SDK's
+    hooks.
+    """
+
+    ctx: SessionContext
+    track_busy: bool
+    pending_id: Any = None
+    pending: dict[str, Any] | None = None
+    done: bool = False
+    busy: dict[Any, AbstractContextManager[Any]] = attrs.field(factory=dict)
+
+    def inbound(self, item: SessionMessage | Exception) -> None:
+        if not isinstance(item, SessionMessage):
+            return
+        message = item.message
+        if isinstance(message, JSONRPCRequest):
+            if not self.done and self.pending is None:
+                self._maybe_start(message)
+            if self.track_busy and message.id not in self.busy:
+                cm = self.ctx.busy()
+                try:
+                    cm.__enter__()
+                except SupervisorError:  # the session is ending; nothing to hold open
+                    return
+                self.busy[message.id] = cm
+        elif self.track_busy:
+            try:
+                self.ctx.touch()
+            except SupervisorError:
+                pass
+        if (
+            isinstance(message, JSONRPCNotification)
+            and message.method == "notifications/cancelled"
+            and self.track_busy
+        ):
+            request_id = (message.params or {}).get("requestId")
+            self._release(request_id)
+
+    def _maybe_start(self, message: JSONRPCRequest) -> None:
+        params = message.params or {}
+        if message.method == "initialize":
+            self.pending_id = message.id
+            self.pending = {
+                "client_info": _as_dict(params.get("clientInfo")),
+                "capabilities": _as_dict(params.get("capabilities")),
+                "protocol_version": params.get("protocolVersion"),
+            }
+            if self.ctx.session.state is SessionState.CREATED:
+                try:
+                    self.ctx.set_state(SessionState.INITIALIZING)
+                except SupervisorError:  # pragma: no cover - raced with a close
+                    pass
+            return
+        meta = params.get("_meta")
+        if isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta:
+            self.pending_id = message.id
+            self.pending = {
+                "client_info": _as_dict(meta.get(CLIENT_INFO_META_KEY)),
+                "capabilities": _as_dict(meta.get(CLIENT_CAPABILITIES_META_KEY)),
+                "protocol_version": meta.get(PROTOCOL_VERSION_META_KEY),
+            }
+
+    def outbound(self, item: SessionMessage) -> None:
+        message = item.message
+        if not isinstance(message, JSONRPCResponse | JSONRPCError):
+            return
+        if self.track_busy:
+            self._release(message.id)
+        if self.pending is None or message.id != self.pending_id:
+            return
+        pending, self.pending, self.pending_id = self.pending, None, None
+        if isinstance(message, JSONRPCError):
+            # A refused handshake leaves the session uninitialized; the init deadline ends it.
+            return
+        negotiated = message.result.get("protocolVersion", pending["protocol_version"])
+        self.done = True
+        try:
+            self.ctx.initialize(
+                client_info=pending["client_info"],
+                protocol_version=negotiated if isinstance(negotiated, str) else None,
+                capabilities=pending["capabilities"],
+            )
+        except SupervisorError:  # pragma: no cover - the session is already closing
+            pass
+
+    def _release(self, request_id: Any) -> None:
+        cm = self.busy.pop(request_id, None)
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+    def release_all(self) -> None:
+        for request_id in list(self.busy):
+            self._release(request_id)
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    return dict(value) if isinstance(value, Mapping) else None
+
+
+@final
+class _ObservedReadStream:
+    """Read side handed to the SDK: reports each message, and runs handlers in this session.
+
+    The SDK's dispatcher starts each handler in the *sender's* context (``last_context``), which
+    for Streamable HTTP is the task that called ``handle_request`` and for in-process streams is
+    the client's task. Replacing it with a copy that has `current_session` set makes the session
+    visible to handlers whatever task delivered the message.
+    """
+
+    __slots__ = ("_handshake", "_inner", "_session", "last_context")
+
+    def __init__(
+        self,
+        inner: ReadStream[SessionMessage | Exception],
+        handshake: _Handshake,
+        session: McpSession,
+    ) -> None:
+        self._inner = inner
+        self._handshake = handshake
+        self._session = session
+        self.last_context: contextvars.Context | None = None
+
+    async def receive(self) -> SessionMessage | Exception:
+        item = await self._inner.receive()
+        sender: contextvars.Context | None = getattr(self._inner, "last_context", None)
+        context = sender.copy() if sender is not None else contextvars.copy_context()
+        context.run(_CURRENT.set, self._session)
+        self.last_context = context
+        self._handshake.inbound(item)
+        return item
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        import anyio
+
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+@final
+class _ObservedWriteStream:
+    """Write side handed to the SDK: reports each outgoing message before it leaves."""
+
+    __slots__ = ("_handshake", "_inner")
+
+    def __init__(self, inner: WriteStream[SessionMessage], handshake: _Handshake) -> None:
+        self._inner = inner
+        self._handshake = handshake
+
+    async def send(self, item: SessionMessage, /) -> None:
+        self._handshake.outbound(item)
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return None
+
+
+async def run_mcp_session(
+    ctx: SessionContext,
+    server: ServerSource,
+    read_stream: ReadStream[SessionMessage | Exception],
+    write_stream: WriteStream[SessionMessage],
+    *,
+    transport: Transport | None = None,
+    handshake_only: bool = False,
+    on_message: Callable[[Message[Any]], None] | None = None,
+    init_options: InitializationOptions | None = None,
+    raise_exceptions: bool = False,
+) -> None:
+    """Serve one MCP session over ``read_stream``/``write_stream`` inside a session actor.
+
+    Call it from the actor body (``async def actor(ctx): await run_mcp_session(ctx, ...)``). It
+    resolves ``server`` (calling a factory once), enters the server's lifespan, and runs the SDK's
+    protocol loop while it reads the session's mailbox. Returns when:
+
+    * the client ends the stream (EOF): the session is then asked to close with reason
+      ``"client-disconnected"``;
+    * the supervisor asks the session to close (idle or init deadline, ``close_session``,
+      shutdown): the mailbox ends and the protocol loop is cancelled.
+
+    The handshake is reported to the supervisor (INITIALIZING on ``initialize``, READY with
+    client info, negotiated version and capabilities once the server has accepted it). On duplex
+    transports (``handshake_only=False``) each request in flight also counts as busy, so a long
+    tool call does not idle out.
+
+    Args:
+        ctx: The actor's session context.
+        server: A server or a zero-argument factory (called here, once).
+        read_stream: Messages from the client (anyio memory stream or SDK context stream).
+        write_stream: Messages to the client; closed when the loop ends.
+        transport: How the client is connected (defaults to ``ctx.session.transport``).
+        handshake_only: Serve only the ``initialize`` era (``serve_loop``), as Streamable HTTP
+            does; otherwise the client's first request picks the era (``serve_dual_era_loop``).
+        on_message: Called with every mailbox message (the HTTP transport delivers requests this
+            way). Without it, messages that expect a reply are failed with `TypeError`.
+        init_options: ``InitializationOptions`` for the ``initialize`` result (the server's own
+            by default).
+        raise_exceptions: Let handler exceptions propagate (fails the session); for debugging.
+
+    Raises:
+        TypeError: ``server`` is not a server or a factory of one.
+    """
+    session = McpSession(context=ctx, transport=transport or ctx.session.transport)
+    _CURRENT.set(session)
+    lowlevel = resolve_server(server)
+    handshake = _Handshake(ctx=ctx, track_busy=not handshake_only)
+    reader = _ObservedReadStream(read_stream, handshake, session)
+    writer = _ObservedWriteStream(write_stream, handshake)
+    eof = False
+    try:
+        async with lowlevel.lifespan(lowlevel) as lifespan_state, trio.open_nursery() as nursery:
+
+            async def protocol() -> None:
+                nonlocal eof
+                if handshake_only:
+                    await serve_loop(
+                        lowlevel,
+                        reader,
+                        writer,
+                        lifespan_state=lifespan_state,
+                        session_id=ctx.id,
+                        init_options=init_options,
+                        raise_exceptions=raise_exceptions,
+                    )
+                else:
+                    await serve_dual_era_loop(
+                        lowlevel,
+                        reader,
+                        writer,
+                        lifespan_state=lifespan_state,
+                        session_id=ctx.id,
+                        init_options=init_options,
+                        raise_exceptions=raise_exceptions,
+                    )
+                eof = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(protocol)
+            async for message in ctx.mailbox:
+                if on_message is not None:
+                    on_message(message)
+                elif message.expects_reply:
+                    message.fail(TypeError("this MCP session takes no mailbox requests"))
+            nursery.cancel_scope.cancel()
+    finally:
+        handshake.release_all()
+    if eof:
+        ctx.close(reason=DISCONNECTED)
