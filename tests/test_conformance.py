@@ -4,12 +4,14 @@ The suite is installed (pinned, with a pinned Node 22) by ``bash scripts/setup-c
 into ``.tools/conformance/``. Without that install the test is skipped, except under CI
 (``CI`` set), where a missing install is a failure.
 
-For each *target* (a way of serving the fixture ``tests/conformance/server.py``), the test
-starts the target's runner as a subprocess on a free loopback port, runs the suite's active
-server scenarios against it (``conformance server --url ...``), reads the per-scenario
-``checks.json`` files, and asserts that every scenario passes, except those listed in
-``tests/conformance/baseline.json``. A baseline entry that passes is stale and fails the test
-too (as the suite's own ``--expected-failures`` does), so the baseline stays honest.
+For each *target*, a way of serving the fixture ``tests/conformance/server.py``, namely
+``supervisor`` (our adapter, ``supervisor.mcp.serve_http``) and ``sdk`` (the SDK's own session
+manager, kept as a reference), the test starts the target's runner as a subprocess on a free
+loopback port, runs the suite's active server scenarios against it (``conformance server
+--url ...``), reads the per-scenario ``checks.json`` files, and asserts that every scenario
+passes, except those listed in ``tests/conformance/baseline.json``. A baseline entry that
+passes is stale and fails the test too (as the suite's own ``--expected-failures`` does), so
+the baseline stays honest.
 
 ``baseline.json`` maps a scenario name to the reason it is expected to fail, either for every
 target (``"name": "reason"``) or for some (``"name": {"reason": "...", "targets": ["sdk"]}``).
@@ -58,12 +60,20 @@ class Target:
         return [sys.executable, str(self.runner), "--port", "0", *self.args]
 
 
+# Our adapter (supervisor.mcp.serve_http: one supervised session actor per MCP session)
+# is the server under test; the SDK's own StreamableHTTPSessionManager serving the same
+# fixture is kept as a reference case (it takes ~2 s).
+SUPERVISOR_TARGET = Target(
+    "supervisor",
+    CONFORMANCE_DIR / "run_supervised_server.py",
+    ("--max-sessions", str(MAX_SESSIONS)),
+)
 SDK_TARGET = Target(
     "sdk",
     CONFORMANCE_DIR / "run_sdk_server.py",
     ("--max-sessions", str(MAX_SESSIONS)),
 )
-TARGETS = [SDK_TARGET]
+TARGETS = [SUPERVISOR_TARGET, SDK_TARGET]
 
 
 @dataclass

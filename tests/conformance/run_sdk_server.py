@@ -30,8 +30,10 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server import RETRY_INTERVAL_MS, build_event_store, build_server
+# run as a script: make the repository importable
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.conformance.server import RETRY_INTERVAL_MS, build_event_store, build_server
 
 MCP_PATH = "/mcp"
 

@@ -1,0 +1,1 @@
+"""The MCP conformance fixture server and its runners (see docs/conformance.md)."""
