@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from functools import partial
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, final, runtime_checkable
 
 import attrs
 import trio
@@ -376,7 +376,9 @@ class McpHttpApp:
             return False, None
         if isinstance(verifier, _SdkTokenVerifier):
             access = await verifier.verify_token(token)
-            if access is None or (access.expires_at is not None and access.expires_at < time.time()):
+            if access is None or (
+                access.expires_at is not None and access.expires_at < time.time()
+            ):
                 return False, None
             client_id, issuer, subject = principal_components(access)
             if issuer is None and subject is None:
@@ -399,7 +401,11 @@ class McpHttpApp:
             return None
         if session.transport is not Transport.HTTP:
             return None
-        if session.state not in (SessionState.CREATED, SessionState.INITIALIZING, SessionState.READY):
+        if session.state not in (
+            SessionState.CREATED,
+            SessionState.INITIALIZING,
+            SessionState.READY,
+        ):
             return None
         if session.principal != principal:
             logger.warning("request for session %.16s... from another principal", session_id)
@@ -535,7 +541,9 @@ class McpHttpApp:
         finally:
             exchange.cancel_scope.cancel()
 
-    async def _stateless_request(self, scope: Scope, receive: Receive, send: Send, method: str) -> None:
+    async def _stateless_request(
+        self, scope: Scope, receive: Receive, send: Send, method: str
+    ) -> None:
         if method == "POST":
             body = await self._read(scope, receive, send)
             if body is None:
@@ -549,7 +557,9 @@ class McpHttpApp:
             return
         # Not started through ASGI lifespan (e.g. an in-memory test client): one lifespan per call.
         async with server.lifespan(server) as state:
-            await handle_modern_request(server, None, self.json_response, state, scope, receive, send)
+            await handle_modern_request(
+                server, None, self.json_response, state, scope, receive, send
+            )
 
     # -- the session actor --------------------------------------------------------------------
 
@@ -557,7 +567,10 @@ class McpHttpApp:
         transport = StreamableHTTPServerTransport(
             mcp_session_id=ctx.id, is_json_response_enabled=self.json_response
         )
-        async with transport.connect() as (read_stream, write_stream), trio.open_nursery() as requests:
+        async with (
+            transport.connect() as (read_stream, write_stream),
+            trio.open_nursery() as requests,
+        ):
 
             def on_message(message: Message[Any]) -> None:
                 requests.start_soon(_serve_exchange, transport, message)
@@ -607,8 +620,9 @@ async def serve_http(
     """Serve `McpHttpApp` with ``hypercorn.trio.serve`` until cancelled or ``shutdown_trigger``.
 
     ``port=0`` picks a free port. ``task_status.started(url)`` reports the endpoint URL (e.g.
-    ``http://127.0.0.1:54321/mcp``) once the socket is listening, so ``url = await
-    nursery.start(serve_http, sup, server, port=0)`` works. Other keywords go to `McpHttpApp`.
+    ``http://127.0.0.1:54321/mcp``) once the socket is listening, so
+    ``url = await nursery.start(partial(serve_http, sup, server, port=0))`` works. Other
+    keywords go to `McpHttpApp`.
     Returning does not close the supervisor's sessions: that is the supervisor's block's job.
     """
     from hypercorn.config import Config
@@ -622,6 +636,6 @@ async def serve_http(
     config.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
-            partial(serve, app, config, shutdown_trigger=shutdown_trigger)
+            partial(serve, cast(Any, app), config, shutdown_trigger=shutdown_trigger)
         )
         task_status.started(binds[0] + path)

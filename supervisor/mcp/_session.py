@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias, final
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, final
 
 import attrs
 import trio
@@ -33,7 +33,6 @@ from mcp_types import (
     JSONRPCRequest,
     JSONRPCResponse,
 )
-from typing_extensions import Self
 
 from .. import SessionState, SupervisorError, Transport
 
@@ -55,7 +54,9 @@ logger = logging.getLogger("supervisor.mcp")
 ServerLike: TypeAlias = "Server[Any] | MCPServer[Any]"
 
 #: What the entry points accept: a server, or a zero-argument factory called once per session.
-ServerSource: TypeAlias = "Server[Any] | MCPServer[Any] | Callable[[], Server[Any] | MCPServer[Any]]"
+ServerSource: TypeAlias = (
+    "Server[Any] | MCPServer[Any] | Callable[[], Server[Any] | MCPServer[Any]]"
+)
 
 _CURRENT: contextvars.ContextVar[McpSession] = contextvars.ContextVar("supervisor_mcp_session")
 
@@ -79,7 +80,7 @@ class McpSession:
         state: Per-session scratch space for handlers.
     """
 
-    context: SessionContext
+    context: SessionContext[Any]
     transport: Transport
     state: dict[str, Any] = attrs.field(factory=dict)
 
@@ -110,7 +111,8 @@ def current_session() -> McpSession:
 def _lowlevel(server: object) -> Server[Any]:
     if isinstance(server, MCPServer):
         # The SDK itself unwraps MCPServer this way (mcp.client._memory); there is no public name.
-        return server._lowlevel_server  # type: ignore[no-any-return]
+        lowlevel: Server[Any] = server._lowlevel_server
+        return lowlevel
     if isinstance(server, Server):
         return server
     raise TypeError(
@@ -142,7 +144,7 @@ class _Handshake:
     hooks.
     """
 
-    ctx: SessionContext
+    ctx: SessionContext[Any]
     track_busy: bool
     pending_id: Any = None
     pending: dict[str, Any] | None = None
@@ -164,10 +166,8 @@ class _Handshake:
                     return
                 self.busy[message.id] = cm
         elif self.track_busy:
-            try:
+            with suppress(SupervisorError):
                 self.ctx.touch()
-            except SupervisorError:
-                pass
         if (
             isinstance(message, JSONRPCNotification)
             and message.method == "notifications/cancelled"
@@ -186,10 +186,8 @@ class _Handshake:
                 "protocol_version": params.get("protocolVersion"),
             }
             if self.ctx.session.state is SessionState.CREATED:
-                try:
+                with suppress(SupervisorError):  # a close may have raced us
                     self.ctx.set_state(SessionState.INITIALIZING)
-                except SupervisorError:  # pragma: no cover - raced with a close
-                    pass
             return
         meta = params.get("_meta")
         if isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta:
@@ -214,14 +212,12 @@ class _Handshake:
             return
         negotiated = message.result.get("protocolVersion", pending["protocol_version"])
         self.done = True
-        try:
+        with suppress(SupervisorError):  # the session may already be closing
             self.ctx.initialize(
                 client_info=pending["client_info"],
                 protocol_version=negotiated if isinstance(negotiated, str) else None,
                 capabilities=pending["capabilities"],
             )
-        except SupervisorError:  # pragma: no cover - the session is already closing
-            pass
 
     def _release(self, request_id: Any) -> None:
         cm = self.busy.pop(request_id, None)
@@ -327,7 +323,7 @@ class _ObservedWriteStream:
 
 
 async def run_mcp_session(
-    ctx: SessionContext,
+    ctx: SessionContext[Any],
     server: ServerSource,
     read_stream: ReadStream[SessionMessage | Exception],
     write_stream: WriteStream[SessionMessage],

@@ -159,4 +159,3 @@ async def _run_connection(
             except Exception:  # pragma: no cover - already closed underneath us
                 logger.debug("websocket close failed", exc_info=True)
         nursery.cancel_scope.cancel()
-
