@@ -4,6 +4,8 @@ The whole public API is re-exported here; everything else is private. The distri
 called ``trio-session-supervisor`` (the PyPI name ``supervisor`` is the UNIX process manager).
 """
 
+from contextlib import suppress as _suppress
+
 from ._config import SupervisorConfig as SupervisorConfig
 from ._events import Event as Event
 from ._events import EventKind as EventKind
@@ -68,8 +70,6 @@ __all__ = [
 for _name in __all__:
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("supervisor._"):
-        try:
+        with _suppress(AttributeError, TypeError):
             _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+del _name, _obj, _suppress

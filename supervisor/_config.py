@@ -6,74 +6,74 @@ import math
 
 import attrs
 
-__all__ = ["SupervisorConfig"]
+__all__ = ["MAX_DEADLINE_SLACK", "SupervisorConfig"]
 
-
-def _positive_or_none(_inst: object, attr: attrs.Attribute[float | None], value: object) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{attr.name} must be a positive number of seconds or None, got {value!r}")
-
-
-def _non_negative(_inst: object, attr: attrs.Attribute[float], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{attr.name} must be a number of seconds >= 0, got {value!r}")
-
-
-def _count(minimum: int) -> object:
-    def check(_inst: object, attr: attrs.Attribute[int | None], value: object) -> None:
-        if value is None and attr.name == "max_sessions_per_principal":
-            return
-        if value == math.inf and attr.name == "mailbox_size":
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{attr.name} must be an integer >= {minimum}, got {value!r}")
-
-    return check
-
-
-#: The largest `deadline_slack` accepted: slack trades precision for fewer deadline updates and
-#: must stay small next to any sensible timeout.
+#: The largest `SupervisorConfig.deadline_slack` accepted: slack trades expiry precision for fewer
+#: deadline updates and must stay small next to any sensible timeout.
 MAX_DEADLINE_SLACK = 1.0
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
 
 @attrs.frozen(kw_only=True)
 class SupervisorConfig:
-    """How a supervisor admits, times and ends sessions. All durations are seconds on trio's clock.
+    """How a supervisor admits, times and ends sessions. Durations are seconds on trio's clock.
 
     Attributes:
         max_sessions: sessions that may exist at once (every session not yet ended counts).
-        idle_timeout: a session expires this long after its last activity; ``None`` disables it.
-        init_timeout: a session must reach ``READY`` this soon after creation, or it is closed
+        idle_timeout: a session expires this long after its last activity (reason
+            ``"idle-timeout"``); ``None`` disables it.
+        init_timeout: a session must reach ``READY`` this soon after creation, or it expires
             with reason ``"init-timeout"``; ``None`` disables it.
-        max_lifetime: a session is closed this long after creation whatever its activity
+        max_lifetime: a session expires this long after creation whatever its activity
             (reason ``"max-lifetime"``); ``None`` disables it.
-        mailbox_size: messages buffered per session before `send` waits and `send_nowait` raises
-            `MailboxFull`.
+        mailbox_size: messages buffered per session before `Supervisor.send` waits and
+            `Supervisor.send_nowait` raises `MailboxFull`.
         shutdown_grace: how long `Supervisor.shutdown` lets actors finish before cancelling them.
-        close_grace: how long an actor may take to return after `Supervisor.close_session`.
+        close_grace: how long an actor may take to return after `Supervisor.close_session`
+            before it is cancelled.
         max_sessions_per_principal: sessions one principal may hold at once; ``None``: no limit.
-        deadline_slack: how late an expiry may fire. Activity pushes the armed deadline only when
-            the new one passes it, arming it ``deadline_slack`` further, so bursts of activity cost
-            one deadline update. Expiry is never early and at most this late. At most 1 second.
+        deadline_slack: how late an expiry may fire. Activity pushes the armed idle deadline only
+            when the new one passes it, and then arms it this much further, so a burst of
+            activity costs one deadline update. Expiry is never early and at most this late.
+            Between 0 and `MAX_DEADLINE_SLACK`.
+
+    Raises:
+        ValueError: a value of the wrong type or out of range, naming the field.
     """
 
-    max_sessions: int = attrs.field(default=100, validator=_count(1))  # type: ignore[arg-type]
-    idle_timeout: float | None = attrs.field(default=1800.0, validator=_positive_or_none)
-    init_timeout: float | None = attrs.field(default=None, validator=_positive_or_none)
-    max_lifetime: float | None = attrs.field(default=None, validator=_positive_or_none)
-    mailbox_size: int = attrs.field(default=64, validator=_count(0))  # type: ignore[arg-type]
-    shutdown_grace: float = attrs.field(default=5.0, validator=_non_negative)
-    close_grace: float = attrs.field(default=1.0, validator=_non_negative)
-    max_sessions_per_principal: int | None = attrs.field(
-        default=None,
-        validator=_count(1),  # type: ignore[arg-type]
-    )
-    deadline_slack: float = attrs.field(default=0.01, validator=_non_negative)
+    max_sessions: int = 100
+    idle_timeout: float | None = 1800.0
+    init_timeout: float | None = None
+    max_lifetime: float | None = None
+    mailbox_size: int = 64
+    shutdown_grace: float = 5.0
+    close_grace: float = 1.0
+    max_sessions_per_principal: int | None = None
+    deadline_slack: float = 0.01
 
     def __attrs_post_init__(self) -> None:
+        for name in ("max_sessions", "max_sessions_per_principal"):
+            value = getattr(self, name)
+            if value is None and name == "max_sessions_per_principal":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        size = self.mailbox_size
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+            raise ValueError(f"mailbox_size must be an integer >= 0, got {size!r}")
+        for name in ("idle_timeout", "init_timeout", "max_lifetime"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and value > 0):
+                raise ValueError(f"{name} must be a number of seconds > 0 or None, got {value!r}")
+        for name in ("shutdown_grace", "close_grace", "deadline_slack"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
         if self.deadline_slack > MAX_DEADLINE_SLACK:
             raise ValueError(
-                f"deadline_slack must be at most {MAX_DEADLINE_SLACK} s, got {self.deadline_slack!r}"
+                f"deadline_slack must be at most {MAX_DEADLINE_SLACK} s, "
+                f"got {self.deadline_slack!r}"
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Collection
+from contextlib import suppress
 from types import TracebackType
 from typing import final
 
@@ -18,7 +19,10 @@ __all__ = ["Event", "EventKind", "Lagged", "Subscription"]
 
 
 class EventKind(enum.StrEnum):
-    """What happened. ``CLOSED``, ``EXPIRED`` and ``FAILED`` are terminal: exactly one per session."""
+    """What happened.
+
+    ``CLOSED``, ``EXPIRED`` and ``FAILED`` are terminal: each session ends with exactly one.
+    """
 
     CREATED = "created"
     INITIALIZED = "initialized"
@@ -251,7 +255,5 @@ class EventBus:
             sub._end()
 
     def _remove(self, sub: Subscription) -> None:
-        try:
+        with suppress(ValueError):
             self._subscriptions.remove(sub)
-        except ValueError:
-            pass

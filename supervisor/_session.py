@@ -13,7 +13,6 @@ import attrs
 import outcome
 import trio
 
-from ._exceptions import SessionClosed
 from ._state import SessionState, Transport
 
 if TYPE_CHECKING:
@@ -332,7 +331,7 @@ class Message(Generic[T]):
 
 
 def _touch(session: Session, now: float) -> None:
-    """Activity at ``now``: push the idle deadline if it passed the armed one (see deadline_slack)."""
+    """Activity at ``now``: push the idle deadline if it passes the armed one (deadline_slack)."""
     session._last_activity = now
     if session._in_flight == 0 and session._close_reason is None:
         target = now + session._idle_timeout
@@ -353,10 +352,13 @@ def _end_flight(session: Session) -> None:
     session._in_flight -= 1
     now = trio.current_time()
     session._last_activity = now
-    if session._in_flight == 0 and session._close_reason is None:
-        if session._idle_timeout != math.inf:
-            session._armed = armed = now + session._idle_timeout + session._slack
-            session._scope.deadline = armed if armed < session._hard else session._hard
+    if (
+        session._in_flight == 0
+        and session._close_reason is None
+        and session._idle_timeout != math.inf
+    ):
+        session._armed = armed = now + session._idle_timeout + session._slack
+        session._scope.deadline = armed if armed < session._hard else session._hard
 
 
 @final
@@ -477,7 +479,7 @@ class SessionContext(Generic[T]):
         protocol_version: Any = None,
         capabilities: Any = None,
     ) -> None:
-        """Record the client's handshake and move to ``READY``; see `Supervisor.initialize_session`."""
+        """Record the client's handshake, move to ``READY``; see `Supervisor.initialize_session`."""
         self._supervisor._initialize(self._session, client_info, protocol_version, capabilities)
 
     def authenticate(self, principal: str) -> None:

@@ -152,13 +152,13 @@ class Supervisor:
         Never blocks.
 
         Raises:
-            CapacityError: `max_sessions` or the principal's limit is reached (or others are
-                already waiting in `create_session`).
+            CapacityError: `max_sessions` or the principal's limit is reached. A slot freed
+                while callers wait in `create_session` goes to them, never to this call.
             SupervisorClosed: shutdown has begun.
         """
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
-        if self._waiters or not self._has_room(principal):
+        if not self._has_room(principal):
             self._rejected_total += 1
             raise CapacityError(self._capacity_message(principal))
         self._reserve(principal)
@@ -183,7 +183,7 @@ class Supervisor:
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
-        if not self._waiters and self._has_room(principal):
+        if self._has_room(principal):
             self._reserve(principal)
             session = self._spawn(actor, transport, principal, metadata)
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -213,8 +213,6 @@ class Supervisor:
     def _capacity_message(self, principal: str | None) -> str:
         if self._used >= self._config.max_sessions:
             return f"maximum sessions ({self._config.max_sessions}) reached"
-        if self._waiters and self._has_room(principal):
-            return f"{len(self._waiters)} callers are already waiting for a session slot"
         return (
             f"maximum sessions per principal ({self._config.max_sessions_per_principal}) "
             f"reached for {principal!r}"
@@ -240,12 +238,10 @@ class Supervisor:
 
     def _admit_waiters(self) -> None:
         while self._waiters and self._used < self._config.max_sessions:
-            for i, waiter in enumerate(self._waiters):
-                if self._has_room(waiter.principal):
-                    break
-            else:
+            waiter = next((w for w in self._waiters if self._has_room(w.principal)), None)
+            if waiter is None:
                 return
-            del self._waiters[i]
+            self._waiters.remove(waiter)
             self._reserve(waiter.principal)
             waiter.reserved = True
             waiter.event.set()
@@ -347,6 +343,8 @@ class Supervisor:
         if session._actor_done:
             raise SessionClosed(f"session {_short(session._id)} has ended")
         session._tasks += 1
+        if session._task_scopes is None:
+            session._task_scopes = set()
         self._nursery.start_soon(
             self._run_session_task, session, async_fn, args, name=name or async_fn
         )
@@ -358,8 +356,7 @@ class Supervisor:
         args: tuple[object, ...],
     ) -> None:
         scope = trio.CancelScope()
-        if session._task_scopes is None:
-            session._task_scopes = set()
+        assert session._task_scopes is not None
         session._task_scopes.add(scope)
         if session._actor_done:
             scope.cancel()
@@ -414,10 +411,13 @@ class Supervisor:
         if self._bus:
             self._bus.publish(kind, session, now, reason=reason, error=session._error)
         if session._pending:
-            closed = SessionClosed(f"session {_short(session._id)} ended ({reason}) before replying")
+            closed = SessionClosed(
+                f"session {_short(session._id)} ended ({reason}) before replying"
+            )
             for msg in session._pending:
                 msg._close(closed)
             session._pending = None
+        session._in_flight = 0
         self._release(session._principal)
 
     @staticmethod
@@ -693,7 +693,13 @@ class Supervisor:
         self._delivered(session)
         _touch(session, trio.current_time())
 
-    async def call(self, session_id: str, payload: Any, *, timeout: float | None = None) -> Any:
+    async def call(
+        self,
+        session_id: str,
+        payload: Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract names it
+    ) -> Any:
         """Send a message that expects a reply, and wait for the reply.
 
         The session is not idle while the call is in flight: its idle clock restarts when the

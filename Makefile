@@ -1,0 +1,44 @@
+# One entry point for people and CI. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo serve test test-fast lint typecheck format docs bench conformance-setup clean
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing trio-session-supervisor with all extras"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[all]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+conformance-setup:
+	@if [ -x scripts/setup-conformance.sh ] || [ -f scripts/setup-conformance.sh ]; then bash scripts/setup-conformance.sh; fi
+
+## The main job: the demo MCP server on http://127.0.0.1:8000/mcp
+demo serve: setup
+	$(PY) -m supervisor serve --host 127.0.0.1 --port 8000
+
+## Every test (sets up Python packages and the Node-based conformance suite first)
+test: setup conformance-setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not conformance"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache docs/_build
