@@ -1,0 +1,264 @@
+"""Interop with the official ``mcp`` client over real transports.
+
+Streamable HTTP and WebSocket: hypercorn's trio worker on a free 127.0.0.1 port in a nursery,
+cancelled at the end. stdio and the CLI: ``python -m supervisor serve`` as a subprocess. Real
+clocks here (sockets and processes do not mix with MockClock); every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import trio
+from mcp import Client
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import SessionMessage
+from mcp_types import jsonrpc_message_adapter
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from supervisor import (
+    Event,
+    EventKind,
+    Lagged,
+    SessionState,
+    Subscription,
+    Supervisor,
+    Transport,
+    open_supervisor,
+)
+from supervisor.mcp import create_demo_server, serve_http
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 30  # seconds; generous for a loaded 2-core machine
+
+
+@asynccontextmanager
+async def http_server(**config: Any) -> AsyncIterator[tuple[Supervisor, str]]:
+    config.setdefault("max_sessions", 8)
+    async with open_supervisor(**config) as sup, trio.open_nursery() as nursery:
+        url: str = await nursery.start(partial(serve_http, sup, create_demo_server(), port=0))
+        yield sup, url
+        nursery.cancel_scope.cancel()
+
+
+async def counter(client: Client | ClientSession) -> int:
+    result = await client.call_tool("counter", {})
+    assert isinstance(result.structured_content, dict)
+    count = result.structured_content["count"]
+    assert isinstance(count, int)
+    return count
+
+
+async def wait_for(events: Subscription, kind: EventKind, session_id: str) -> Event:
+    async for item in events:
+        if isinstance(item, Lagged):  # pragma: no cover
+            continue
+        if item.kind is kind and item.session_id == session_id:
+            return item
+    raise AssertionError("subscription ended")  # pragma: no cover
+
+
+# -- Streamable HTTP ----------------------------------------------------------------------------
+
+
+async def test_official_client_over_streamable_http() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with http_server() as (sup, url), sup.subscribe() as events:
+            async with Client(url, mode="legacy") as client:
+                assert client.protocol_version == "2025-11-25"
+                tools = await client.list_tools()
+                assert {tool.name for tool in tools.tools} == {"echo", "counter"}
+                echoed = await client.call_tool("echo", {"text": "over http"})
+                assert echoed.content[0].model_dump()["text"] == "over http"
+                assert [await counter(client) for _ in range(3)] == [1, 2, 3]
+                [session] = sup.active_sessions()
+                assert session.transport is Transport.HTTP
+                assert session.state is SessionState.READY
+                assert session.protocol_version == "2025-11-25"
+                async with Client(url, mode="legacy") as other:
+                    assert await counter(other) == 1
+                    assert len(sup) == 2
+                assert await counter(client) == 4
+            # The client ends its session with DELETE when it leaves.
+            closed = await wait_for(events, EventKind.CLOSED, session.id)
+            assert closed.reason == "client-delete"
+
+
+async def test_official_client_auto_mode_uses_the_stateless_era() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with http_server() as (sup, url), Client(url) as client:
+            assert client.protocol_version == "2026-07-28"
+            assert await counter(client) == 1
+            assert await counter(client) == 1  # no session, no per-session state
+            assert sup.statistics().created_total == 0
+
+
+async def test_session_id_is_the_supervisor_id() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with http_server() as (sup, url), httpx.AsyncClient() as http:
+            response = await http.post(
+                url,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {},
+                        "clientInfo": {"name": "httpx", "version": "0"},
+                    },
+                },
+                headers={"accept": "application/json, text/event-stream"},
+            )
+            assert response.status_code == 200
+            session_id = response.headers["mcp-session-id"]
+            assert sup.get_session(session_id).client_info == {"name": "httpx", "version": "0"}
+
+
+# -- WebSocket ----------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def websocket_streams(
+    url: str,
+) -> AsyncIterator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]]:
+    """A minimal client transport: one JSON-RPC message per text frame, subprotocol "mcp"."""
+    to_client, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+    to_server, from_client = anyio.create_memory_object_stream[SessionMessage](16)
+    ws_url = "ws" + url.removeprefix("http")
+    async with (
+        open_websocket_url(ws_url, subprotocols=["mcp"]) as ws,
+        trio.open_nursery() as nursery,
+    ):
+        assert ws.subprotocol == "mcp"
+
+        async def pump_in() -> None:
+            async with to_client:
+                try:
+                    while True:
+                        text = await ws.get_message()
+                        message = jsonrpc_message_adapter.validate_json(text, by_name=False)
+                        await to_client.send(SessionMessage(message))
+                except ConnectionClosed:
+                    return
+
+        async def pump_out() -> None:
+            async with from_client:
+                async for item in from_client:
+                    await ws.send_message(
+                        item.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    )
+
+        nursery.start_soon(pump_in)
+        nursery.start_soon(pump_out)
+        yield from_server, to_server
+        nursery.cancel_scope.cancel()
+
+
+async def test_official_client_session_over_websocket() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with http_server() as (sup, url), sup.subscribe() as events:
+            async with (
+                websocket_streams(url) as (read, write),
+                ClientSession(read, write) as client,
+            ):
+                await client.initialize()
+                [session] = sup.active_sessions()
+                assert session.transport is Transport.WEBSOCKET
+                assert session.state is SessionState.READY
+                assert [await counter(client) for _ in range(3)] == [1, 2, 3]
+                async with (
+                    websocket_streams(url) as (read2, write2),
+                    ClientSession(read2, write2) as other,
+                ):
+                    await other.initialize()
+                    assert await counter(other) == 1
+            closed = await wait_for(events, EventKind.CLOSED, session.id)
+            assert closed.reason == "client-disconnected"
+
+
+async def test_websocket_refuses_bad_origin_and_capacity() -> None:
+    from trio_websocket import ConnectionRejected
+
+    with trio.fail_after(TIMEOUT):
+        async with http_server(max_sessions=1) as (_sup, url):
+            ws_url = "ws" + url.removeprefix("http")
+            with pytest.raises(ConnectionRejected) as rejected:
+                async with open_websocket_url(
+                    ws_url,
+                    subprotocols=["mcp"],
+                    extra_headers=[(b"origin", b"http://evil.example")],
+                ):
+                    pass  # pragma: no cover
+            assert rejected.value.status_code == 403
+            async with websocket_streams(url) as (read, write), ClientSession(read, write) as c:
+                await c.initialize()
+                with pytest.raises(ConnectionRejected) as full:
+                    async with open_websocket_url(ws_url, subprotocols=["mcp"]):
+                        pass  # pragma: no cover
+                assert full.value.status_code == 503
+
+
+# -- stdio and the command line -----------------------------------------------------------------
+
+
+async def test_official_client_over_stdio_subprocess() -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "supervisor", "serve", "--stdio", "--idle-timeout", "60"],
+        cwd=str(REPO),
+    )
+    with trio.fail_after(TIMEOUT):
+        async with Client(params, mode="legacy") as client:
+            assert {tool.name for tool in (await client.list_tools()).tools} == {"echo", "counter"}
+            assert [await counter(client) for _ in range(3)] == [1, 2, 3]
+            echoed = await client.call_tool("echo", {"text": "over stdio"})
+            assert echoed.content[0].model_dump()["text"] == "over stdio"
+
+
+async def test_cli_serves_http_and_exits_0_on_sigint() -> None:
+    with trio.fail_after(TIMEOUT):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "supervisor", "serve", "--port", "0", "--max-sessions", "3"],
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert process.stdout is not None
+        try:
+            buffer = b""
+            while b"\n" not in buffer:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, "serve exited before printing its URL"
+                buffer += chunk
+            first_line = buffer.split(b"\n", 1)[0].decode()
+            assert first_line.startswith("serving MCP on http://127.0.0.1:")
+            url = first_line.rsplit(" ", 1)[1]
+            async with Client(url, mode="legacy") as client:
+                assert await counter(client) == 1
+                assert await counter(client) == 2
+            process.send_signal(signal.SIGINT)
+            output = buffer
+            while chunk := await process.stdout.receive_some(4096):
+                output += chunk
+            assert await process.wait() == 0
+        finally:
+            if process.returncode is None:  # pragma: no cover - only when the test failed
+                process.kill()
+                await process.wait()
+        lines = output.decode().strip().splitlines()
+        assert lines[-1].startswith("supervisor stopped: 1 sessions created, 1 closed")
