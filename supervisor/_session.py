@@ -421,7 +421,10 @@ class SessionContext(Generic[T]):
     """The actor's handle on its own session, passed as the actor's only argument.
 
     Created by the supervisor, never by users. Everything here acts on this session without a
-    registry lookup; after the session has ended, methods that change it raise `SessionClosed`.
+    registry lookup. Once the session is closing, state changes (`initialize`, `authenticate`,
+    `set_state`) raise `SessionClosed`; an actor that lets that propagate ends cleanly (a
+    ``CLOSED`` event, not ``FAILED``), so actor code need not guard against a close that races
+    with its start.
     """
 
     __slots__ = ("_session", "_supervisor")

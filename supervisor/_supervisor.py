@@ -313,6 +313,10 @@ class Supervisor:
                 session._close_reason = "cancelled"
             raise
         except BaseException as exc:
+            if isinstance(exc, SessionClosed) and session._close_reason is not None:
+                # The actor stopped because its own session is closing (say ctx.initialize()
+                # after shutdown began): a clean close, not a failure.
+                return
             if session._error is None:
                 session._error = exc
                 session._error_reason = "actor-error"
@@ -452,18 +456,22 @@ class Supervisor:
         if session._ended:
             raise SessionClosed(f"session {_short(session._id)} has ended")
 
+    def _check_serving(self, session: Session) -> None:
+        if session._close_reason is not None:
+            raise SessionClosed(f"session {_short(session._id)} is closing")
+
     def _set_state(self, session: Session, state: SessionState) -> None:
         self._check_live(session)
         state = SessionState(state)
         if state is _S.CLOSING:
-            if session._close_reason is None:
-                self._close(session, "closed")
-                return
-        elif state in (_S.CLOSED, _S.ERROR):
+            self._close(session, "closed")  # no-op when already closing
+            return
+        if state in (_S.CLOSED, _S.ERROR):
             raise InvalidTransition(
                 f"a session reaches {state.value!r} when its actor ends; "
                 "use close_session() to end it"
             )
+        self._check_serving(session)
         now = trio.current_time()
         self._transition(session, state, now)
         _touch(session, now)
@@ -476,6 +484,7 @@ class Supervisor:
         capabilities: Any,
     ) -> None:
         self._check_live(session)
+        self._check_serving(session)
         if session._state not in (_S.CREATED, _S.INITIALIZING):
             raise InvalidTransition(
                 f"cannot initialize a session in state {session._state.value!r}"
@@ -493,6 +502,7 @@ class Supervisor:
 
     def _authenticate(self, session: Session, principal: str) -> None:
         self._check_live(session)
+        self._check_serving(session)
         if principal is None:
             raise TypeError("principal must not be None")
         if session._principal is not None:
@@ -556,6 +566,7 @@ class Supervisor:
 
         Raises:
             SessionNotFound: no such session.
+            SessionClosed: the session is closing.
             InvalidTransition: the table does not allow it.
         """
         self._set_state(self._live(session_id), state)
@@ -574,7 +585,8 @@ class Supervisor:
 
         Raises:
             SessionNotFound: no such session.
-            InvalidTransition: the session is already initialized or closing.
+            SessionClosed: the session is closing.
+            InvalidTransition: the session is already initialized.
         """
         session = self._live(session_id)
         self._initialize(session, client_info, protocol_version, capabilities)
@@ -587,6 +599,7 @@ class Supervisor:
 
         Raises:
             SessionNotFound: no such session.
+            SessionClosed: the session is closing.
             PrincipalMismatch: the session is bound to a different principal.
             CapacityError: the principal already holds `max_sessions_per_principal` sessions.
         """

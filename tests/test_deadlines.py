@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -53,7 +54,7 @@ async def test_every_kind_of_activity_pushes_the_deadline(
 ) -> None:
     async with open_supervisor(idle_timeout=10.0, deadline_slack=0.0) as sup:
         session = sup.create_session_nowait(echo_actor)
-        activities = [
+        activities: list[Callable[[], None]] = [
             lambda: sup.send_nowait(session.id, "x"),
             lambda: sup.touch(session.id),
             lambda: sup.set_metadata(session.id, "k", 1),

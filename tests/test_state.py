@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from supervisor import LIVE_STATES, TRANSITIONS, InvalidTransition, SessionState, Transport
@@ -30,7 +32,7 @@ def test_table_covers_every_state_and_terminal_states_lead_nowhere() -> None:
     # the happy path
     path = [SessionState.CREATED, SessionState.INITIALIZING, SessionState.READY]
     path += [SessionState.CLOSING, SessionState.CLOSED]
-    for old, new in zip(path, path[1:], strict=False):
+    for old, new in itertools.pairwise(path):
         check_transition(old, new)
 
 

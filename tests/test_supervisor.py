@@ -420,7 +420,11 @@ async def test_closing_an_actor_that_ignores_its_mailbox_still_ends_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_supervisor(close_grace=0.5) as sup:
-        session = sup.create_session_nowait(lambda ctx: trio.sleep_forever())
+
+        async def ignores_everything(ctx: SessionContext[Any]) -> None:
+            await trio.sleep_forever()
+
+        session = sup.create_session_nowait(ignores_everything)
         await trio.sleep(1)
         assert sup.close_session(session.id)
         await trio.sleep(1)
