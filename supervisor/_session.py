@@ -205,6 +205,8 @@ class Session:
             in_flight=self._in_flight,
             messages_total=self._messages,
             close_reason=self._close_reason,
+            created=self._created,
+            last_activity=self._last_activity,
         )
 
 
@@ -227,6 +229,8 @@ class SessionSnapshot:
     in_flight: int
     messages_total: int
     close_reason: str | None
+    created: float  # trio clock
+    last_activity: float  # trio clock
 
 
 @final
