@@ -46,10 +46,14 @@ TIMEOUT = 30  # seconds; generous for a loaded 2-core machine
 
 
 @asynccontextmanager
-async def http_server(**config: Any) -> AsyncIterator[tuple[Supervisor, str]]:
+async def http_server(
+    app_options: dict[str, Any] | None = None, **config: Any
+) -> AsyncIterator[tuple[Supervisor, str]]:
     config.setdefault("max_sessions", 8)
     async with open_supervisor(**config) as sup, trio.open_nursery() as nursery:
-        url: str = await nursery.start(partial(serve_http, sup, create_demo_server(), port=0))
+        url: str = await nursery.start(
+            partial(serve_http, sup, create_demo_server(), port=0, **(app_options or {}))
+        )
         yield sup, url
         nursery.cancel_scope.cancel()
 
@@ -126,6 +130,18 @@ async def test_session_id_is_the_supervisor_id() -> None:
             assert response.status_code == 200
             session_id = response.headers["mcp-session-id"]
             assert sup.get_session(session_id).client_info == {"name": "httpx", "version": "0"}
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "httpx", "version": "0"},
+    },
+}
 
 
 # -- WebSocket ----------------------------------------------------------------------------------
@@ -262,3 +278,49 @@ async def test_cli_serves_http_and_exits_0_on_sigint() -> None:
                 await process.wait()
         lines = output.decode().strip().splitlines()
         assert lines[-1].startswith("supervisor stopped: 1 sessions created, 1 closed")
+
+
+async def test_event_store_makes_streams_resumable() -> None:
+    from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+    from mcp_types import JSONRPCMessage
+
+    class Store(EventStore):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, str, JSONRPCMessage | None]] = []
+
+        async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+            event_id = str(len(self.events) + 1)
+            self.events.append((event_id, stream_id, message))
+            return event_id
+
+        async def replay_events_after(
+            self, last_event_id: str, send_callback: EventCallback
+        ) -> str | None:
+            stream = next((s for e, s, _ in self.events if e == last_event_id), None)
+            after = False
+            for event_id, stream_id, message in self.events:
+                if after and stream_id == stream and message is not None:
+                    await send_callback(EventMessage(message, event_id))
+                after = after or event_id == last_event_id
+            return stream
+
+    accept = {"accept": "application/json, text/event-stream"}
+    options: dict[str, Any] = {"event_store": Store(), "retry_interval": 500}
+    with trio.fail_after(TIMEOUT):
+        async with http_server(options) as (_sup, url), httpx.AsyncClient() as http:
+            opened = await http.post(url, json=INITIALIZE, headers=accept)
+            session = {**accept, "mcp-session-id": opened.headers["mcp-session-id"]}
+            session["mcp-protocol-version"] = "2025-11-25"
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}
+            call["params"] = {"name": "counter", "arguments": {}}
+            response = await http.post(url, json=call, headers=session)
+            assert "retry: 500" in response.text
+            ids = [line[3:].strip() for line in response.text.splitlines() if line[:3] == "id:"]
+            assert len(ids) == 2  # the priming event, then the result
+            replay = {**session, "accept": "text/event-stream", "last-event-id": ids[0]}
+            async with http.stream("GET", url, headers=replay) as stream:
+                assert stream.status_code == 200
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:") and line[5:].strip():
+                        assert '"structuredContent":{"count":1}' in line
+                        break

@@ -21,7 +21,7 @@ import trio
 from mcp.server._streamable_http_modern import handle_modern_request
 from mcp.server.auth.provider import AccessToken, principal_components
 from mcp.server.lowlevel.server import Server
-from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http import EventStore, StreamableHTTPServerTransport
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -258,6 +258,9 @@ class McpHttpApp:
             (the principal is then derived from the token's client id, issuer and subject).
         resource_metadata_url: Advertised in ``WWW-Authenticate`` on 401 (RFC 9728).
         json_response: Answer POSTs with one JSON body instead of an SSE stream.
+        event_store: An SDK ``EventStore`` shared by all sessions, for resumable SSE streams
+            (``Last-Event-ID``); without one, streams are not resumable.
+        retry_interval: Milliseconds suggested to clients in SSE ``retry`` (with an event store).
         retry_after: Seconds suggested in ``Retry-After`` on 503.
         websocket: Accept WebSocket connections.
     """
@@ -274,6 +277,8 @@ class McpHttpApp:
         token_verifier: TokenVerifierFn | _SdkTokenVerifier | None = None,
         resource_metadata_url: str | None = None,
         json_response: bool = False,
+        event_store: EventStore | None = None,
+        retry_interval: int | None = None,
         retry_after: int = 1,
         websocket: bool = True,
     ) -> None:
@@ -292,6 +297,8 @@ class McpHttpApp:
         self.token_verifier = token_verifier
         self.resource_metadata_url = resource_metadata_url
         self.json_response = json_response
+        self.event_store = event_store
+        self.retry_interval = retry_interval
         self.retry_after = retry_after
         self.websocket = websocket
         self._stateless_server: Server[Any] | None = None
@@ -565,7 +572,10 @@ class McpHttpApp:
 
     async def _actor(self, ctx: SessionContext[Any]) -> None:
         transport = StreamableHTTPServerTransport(
-            mcp_session_id=ctx.id, is_json_response_enabled=self.json_response
+            mcp_session_id=ctx.id,
+            is_json_response_enabled=self.json_response,
+            event_store=self.event_store,
+            retry_interval=self.retry_interval,
         )
         async with (
             transport.connect() as (read_stream, write_stream),
