@@ -245,7 +245,8 @@ async def test_official_client_over_stdio_subprocess() -> None:
             assert echoed.content[0].model_dump()["text"] == "over stdio"
 
 
-async def test_cli_serves_http_and_exits_0_on_sigint() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_cli_serves_http_and_exits_0_on_signal(signum: signal.Signals) -> None:
     with trio.fail_after(TIMEOUT):
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "supervisor", "serve", "--port", "0", "--max-sessions", "3"],
@@ -267,7 +268,7 @@ async def test_cli_serves_http_and_exits_0_on_sigint() -> None:
             async with Client(url, mode="legacy") as client:
                 assert await counter(client) == 1
                 assert await counter(client) == 2
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
             output = buffer
             while chunk := await process.stdout.receive_some(4096):
                 output += chunk
@@ -324,3 +325,21 @@ async def test_event_store_makes_streams_resumable() -> None:
                     if line.startswith("data:") and line[5:].strip():
                         assert '"structuredContent":{"count":1}' in line
                         break
+
+
+async def test_cli_serves_an_app_over_stdio() -> None:
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "supervisor", "serve", "--stdio", "--app", "examples.mcp_server:build_server"],
+        cwd=str(REPO),
+    )
+    with trio.fail_after(TIMEOUT):
+        async with Client(params, mode="legacy") as client:
+            first = await client.call_tool("add_note", {"text": "one"})
+            second = await client.call_tool("add_note", {"text": "two"})
+            assert (first.structured_content, second.structured_content) == (
+                {"result": 1},
+                {"result": 2},
+            )
+            notes = await client.call_tool("list_notes", {})
+            assert notes.structured_content == {"result": ["one", "two"]}
