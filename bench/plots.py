@@ -1,0 +1,189 @@
+"""PNG plots of ``results.json`` (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from .report import ORDER
+
+OURS, BARE, SEED, SDK = "#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e"
+
+
+def _core_ratios(core: dict[str, Any], targets: dict[str, float], path: Path) -> None:
+    sizes = list(core["sizes"])
+    ops = [op for op in ORDER if op in core["sizes"][sizes[0]]["summary"]]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(sizes)
+    for i, n in enumerate(sizes):
+        ratios = [core["sizes"][n]["summary"][op]["ratio"] for op in ops]
+        xs = [j + (i - (len(sizes) - 1) / 2) * width for j in range(len(ops))]
+        ax.bar(xs, ratios, width, label=f"{int(n):,} sessions", alpha=0.85)
+    for j, op in enumerate(ops):
+        if op in targets:
+            ax.hlines(targets[op], j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1)
+    ax.axhline(1.0, color=BARE, lw=0.8)
+    ax.set_xticks(range(len(ops)), ops, rotation=20)
+    ax.set_ylabel("ours / bare trio floor")
+    ax.set_title("Core cost relative to the bare trio floor (dashed: target)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _core_absolute(core: dict[str, Any], path: Path) -> None:
+    sizes = list(core["sizes"])
+    ops = [op for op in ORDER if op in core["sizes"][sizes[0]]["summary"]]
+    ns = [int(n) for n in sizes]
+    cols = 3
+    rows = (len(ops) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(11, 3 * rows), squeeze=False)
+    for ax, op in zip(axes.flat, ops, strict=False):
+        memory = op.startswith("memory")
+        scale = 1024 if memory else 1000
+        for kind, color in (("ours", OURS), ("bare", BARE)):
+            ys = [core["sizes"][n]["summary"][op][kind] / scale for n in sizes]
+            ax.plot(ns, ys, "o-", color=color, label=kind)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_title(op)
+        ax.set_ylabel("KB per session" if memory else "µs per op")
+        ax.set_xlabel("live sessions")
+    for ax in list(axes.flat)[len(ops) :]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    fig.suptitle("Per-operation cost vs live sessions (cost growth)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fanout(fan: dict[str, Any], path: Path) -> None:
+    keys = list(fan["summary"])
+    ks = [int(k.removeprefix("fanout_k")) for k in keys]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, color in (("ours", OURS), ("bare", BARE)):
+        ax.plot(ks, [fan["summary"][k][kind] / 1000 for k in keys], "o-", color=color, label=kind)
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("subscribers K")
+    ax.set_ylabel("µs per event per subscriber")
+    ax.set_title("Event fan-out")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _expiry(exp: dict[str, Any], seed: dict[str, Any] | None, path: Path) -> None:
+    panels = 2 if seed else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    ax = axes[0][0]
+    for kind, color, label in (("ours", OURS, "supervisor"), ("bare", BARE, "bare CancelScope")):
+        xs = [x * 1000 for x in exp["samples"][kind]]
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax.plot(xs, ys, color=color, label=label)
+    limit = (exp["deadline_slack"] + 0.005) * 1000
+    ax.axvline(limit, color="k", ls="--", lw=1, label=f"target p99 <= {limit:.0f} ms")
+    ax.axvline(0, color=SEED, lw=0.8)
+    ax.set_xlabel("actual expiry - deadline (ms)")
+    ax.set_ylabel("fraction of sessions")
+    ax.set_title(f"Expiry lateness, {exp['n']:,} sessions")
+    ax.legend(loc="lower right")
+    if seed:
+        e = seed["expiry"]
+        scale = e["default_interval_ms"] / e["interval_ms"]
+        ax2 = axes[0][1]
+        xs = [x * scale / 1000 for x in e["samples_ms"]]
+        ys = [(i + 1) / len(xs) for i in range(len(xs))]
+        ax2.plot(xs, ys, color=SEED, label="seed (60 s sweep, scaled)")
+        ax2.axvline(limit / 1000, color=OURS, lw=2, label="supervisor p99 bound")
+        ax2.set_xlabel("actual expiry - deadline (s)")
+        ax2.set_title("The seed's timer sweep")
+        ax2.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _seed(seed: dict[str, Any], core: dict[str, Any] | None, path: Path) -> None:
+    pairs = [("create", "create"), ("lookup", "lookup"), ("activity", "touch"), ("close", "close")]
+    size = seed["sizes"][-1]
+    n = str(size["n"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = range(len(pairs))
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [size["summary"][s] / 1000 for s, _ in pairs],
+        0.4,
+        color=SEED,
+        label="seed (Node)",
+    )
+    if core and n in core["sizes"]:
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [core["sizes"][n]["summary"][o]["ours"] / 1000 for _, o in pairs],
+            0.4,
+            color=OURS,
+            label="ours (trio)",
+        )
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs), [s if s == o else f"{s}/{o}" for s, o in pairs])
+    ax.set_ylabel("µs per operation (log)")
+    ax.set_title(f"Seed vs supervisor at {int(n):,} live sessions")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _http(http: dict[str, Any], path: Path) -> None:
+    metrics = [
+        ("sessions_per_s", "sessions/s", 1),
+        ("calls_per_s", "calls/s", 1),
+        ("memory_per_idle_session", "KB per idle session", 1024),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    for ax, (key, label, scale) in zip(axes, metrics, strict=True):
+        s = http["summary"][key]
+        raw = http["raw"][key]
+        ax.bar([0, 1], [s["ours"] / scale, s["sdk"] / scale], color=[OURS, SDK])
+        for x, kind in ((0, "ours"), (1, "sdk")):
+            ax.plot([x] * len(raw[kind]), [v / scale for v in raw[kind]], "k.", ms=4)
+        ax.set_xticks([0, 1], ["ours", "SDK manager"])
+        ax.set_title(f"{label} ({s['ratio']:.2f}x)")
+    fig.suptitle("Streamable HTTP on loopback (bars: median; dots: runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write every plot the results allow; returns the paths written."""
+    from .run import CORE_TARGETS
+
+    written: list[Path] = []
+    core = results.get("core")
+    if core:
+        _core_ratios(core, CORE_TARGETS, out / "core_ratios.png")
+        _core_absolute(core, out / "core_growth.png")
+        written += [out / "core_ratios.png", out / "core_growth.png"]
+        if core.get("fanout"):
+            _fanout(core["fanout"], out / "fanout.png")
+            written.append(out / "fanout.png")
+    if results.get("expiry"):
+        _expiry(results["expiry"], results.get("seed"), out / "expiry.png")
+        written.append(out / "expiry.png")
+    if results.get("seed"):
+        _seed(results["seed"], core, out / "seed.png")
+        written.append(out / "seed.png")
+    if results.get("http"):
+        _http(results["http"], out / "http.png")
+        written.append(out / "http.png")
+    return written
