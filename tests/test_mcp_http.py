@@ -466,3 +466,52 @@ async def test_sdk_token_verifier_is_accepted() -> None:
         assert (await client.post("/mcp", json=INIT, headers=ACCEPT)).status_code == 401
         session_id = await initialize(client, authorization="Bearer good")
         assert sup.get_session(session_id).principal == "client-1"
+
+
+async def test_request_in_flight_when_its_session_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options = {"json_response": True}
+    async with serving(slow_server(), app_options=options) as (sup, client):
+        session_id = await initialize(client)
+        answers: list[dict[str, Any]] = []
+
+        async def slow_call() -> None:
+            response = await call_tool(client, session_id, "slow", {})
+            assert response.status_code == 200
+            answers.extend(messages(response))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_call)
+            await trio.sleep(10)
+            assert sup.get_session(session_id).in_flight == 1
+            sup.close_session(session_id, reason="operator")
+        # The SDK answers the interrupted request with a JSON-RPC error for its id.
+        [answer] = answers
+        assert answer["id"] == 7
+        assert "error" in answer
+        assert (await call_tool(client, session_id, "counter", {})).status_code == 404
+
+
+async def test_shutdown_closes_http_sessions_and_refuses_new_ones() -> None:
+    async with serving() as (sup, client), sup.subscribe() as events:
+        session_id = await initialize(client)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.shutdown)
+            closed = await next_event(events, EventKind.CLOSED, session_id)
+            assert closed.reason == "shutdown"
+        refused = await client.post("/mcp", json=INIT, headers=ACCEPT)
+        assert refused.status_code == 503
+        assert (await call_tool(client, session_id, "counter", {})).status_code == 404
+
+
+async def test_websocket_session_ids_are_not_http_sessions() -> None:
+    async with serving() as (sup, client):
+
+        async def other(ctx: Any) -> None:
+            async for _ in ctx.mailbox:
+                pass  # pragma: no cover
+
+        session = sup.create_session_nowait(other, transport=Transport.WEBSOCKET)
+        response = await call_tool(client, session.id, "counter", {})
+        assert response.status_code == 404
