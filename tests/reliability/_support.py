@@ -1,0 +1,333 @@
+"""Shared pieces of the reliability suite: sizes, figures, process gauges, servers and clients.
+
+Servers bind 127.0.0.1 only (port 0), inside the test's nursery, and stop with it. The in-memory
+ASGI driver (`asgi_request`) calls the app directly, so tests can run on trio's MockClock and
+cancel a request at any await point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import mcp_types as types
+import trio
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+
+from supervisor import Supervisor, open_supervisor
+from supervisor.mcp import McpHttpApp, create_demo_server, serve_http
+
+REPO = Path(__file__).resolve().parents[2]
+
+# -- sizes ----------------------------------------------------------------------------------------
+
+SoakMode = Literal["off", "reduced", "full"]
+
+
+def soak_mode() -> SoakMode:
+    """``off`` (the normal run), ``reduced`` (CI) or ``full``, from the ``SOAK`` variable."""
+    value = os.environ.get("SOAK", "").strip().lower()
+    if value in ("", "0", "off", "no", "false"):
+        return "off"
+    if value in ("reduced", "ci", "small"):
+        return "reduced"
+    return "full"
+
+
+def size(fast: int, reduced: int | None = None, full: int | None = None) -> int:
+    """The size of a workload in the current mode (soak modes default to the fast size)."""
+    mode = soak_mode()
+    if mode == "full" and full is not None:
+        return full
+    if mode in ("reduced", "full") and reduced is not None:
+        return reduced
+    return fast
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+#: test node id -> figure name -> value; printed and written by conftest at the end of the run.
+FIGURES: dict[str, dict[str, Any]] = {}
+
+
+class Figures:
+    """The measured figures of one test (``figures["sessions"] = 10_000``)."""
+
+    def __init__(self, nodeid: str) -> None:
+        self.nodeid = nodeid
+        self.values: dict[str, Any] = FIGURES.setdefault(nodeid, {"mode": soak_mode()})
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.values[name] = round(value, 4) if isinstance(value, float) else value
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def update(self, **values: Any) -> None:
+        for name, value in values.items():
+            self[name] = value
+
+
+def progress(text: str) -> None:
+    """A progress line for the long runs (visible with ``pytest -s``, as scripts/soak.py runs)."""
+    if soak_mode() != "off":
+        print(f"    [{trio.current_time():9.2f}] {text}", flush=True)
+
+
+# -- process gauges -------------------------------------------------------------------------------
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def open_fds() -> int:
+    """File descriptors open in this process now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def count_tasks() -> int:
+    """Tasks alive in this trio run now (walks the task tree from the root)."""
+    total = 0
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack = [root]
+    while stack:
+        task = stack.pop()
+        total += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return total
+
+
+# -- MCP over HTTP --------------------------------------------------------------------------------
+
+VERSION = "2025-11-25"
+ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INIT: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "reliability", "version": "1.0"},
+    },
+}
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def tool_call(name: str, arguments: Mapping[str, Any], request_id: int = 7) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": dict(arguments)},
+    }
+
+
+def session_headers(session_id: str, **extra: str) -> dict[str, str]:
+    return {**ACCEPT, "mcp-session-id": session_id, "mcp-protocol-version": VERSION, **extra}
+
+
+def rpc_messages(content_type: str, body: bytes) -> list[Any]:
+    """The JSON-RPC messages in a response body (SSE or JSON); raises ValueError if none parse."""
+    if content_type.startswith("text/event-stream"):
+        out = []
+        for line in body.decode().splitlines():
+            if line.startswith("data:") and line[5:].strip():
+                out.append(json.loads(line[5:]))
+        return out
+    return [json.loads(body)]
+
+
+def slow_server() -> Server[Any]:
+    """The demo's tools plus ``sleep(seconds)`` (answers ``"slept"``) and ``crash()`` (raises)."""
+    tools = [
+        types.Tool(
+            name="sleep",
+            input_schema={"type": "object", "properties": {"seconds": {"type": "number"}}},
+        ),
+        types.Tool(name="crash", input_schema={"type": "object"}),
+        types.Tool(
+            name="echo",
+            input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+        ),
+        types.Tool(name="counter", input_schema={"type": "object"}),
+    ]
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=list(tools))
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        arguments = params.arguments or {}
+        if params.name == "sleep":
+            await trio.sleep(float(arguments.get("seconds", 0)))
+            return types.CallToolResult(content=[types.TextContent(text="slept")])
+        if params.name == "crash":
+            raise RuntimeError("tool crashed on purpose")
+        if params.name == "echo":
+            return types.CallToolResult(
+                content=[types.TextContent(text=str(arguments.get("text", "")))]
+            )
+        return types.CallToolResult(content=[types.TextContent(text="1")])
+
+    return Server("reliability", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+@asynccontextmanager
+async def http_server(
+    server: Any = None, app_options: Mapping[str, Any] | None = None, **config: Any
+) -> AsyncIterator[tuple[Supervisor, str]]:
+    """A supervisor serving ``server`` (default: the demo) over HTTP on 127.0.0.1:<free port>."""
+    config.setdefault("max_sessions", 16)
+    async with open_supervisor(**config) as sup, trio.open_nursery() as nursery:
+        url: str = await nursery.start(
+            partial(
+                serve_http, sup, server or create_demo_server(), port=0, **dict(app_options or {})
+            )
+        )
+        yield sup, url
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def asgi_app(
+    server: Any = None, app_options: Mapping[str, Any] | None = None, **config: Any
+) -> AsyncIterator[tuple[Supervisor, McpHttpApp]]:
+    """A supervisor and its `McpHttpApp`, driven in memory with `asgi_request`."""
+    config.setdefault("max_sessions", 16)
+    async with open_supervisor(**config) as sup:
+        yield sup, McpHttpApp(sup, server or create_demo_server(), **dict(app_options or {}))
+
+
+# -- the in-memory ASGI driver --------------------------------------------------------------------
+
+
+@attrs.define
+class AsgiResponse:
+    """What the app sent for one request."""
+
+    status: int | None = None
+    headers: dict[str, str] = attrs.field(factory=dict)
+    body: bytes = b""
+    complete: bool = False  # the last body message was sent
+    raised: BaseException | None = None  # the app raised (a server would answer 500)
+    stream: bool = False  # an open SSE stream (GET) the client left
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def messages(self) -> list[Any]:
+        return rpc_messages(self.content_type, self.body)
+
+
+def http_scope(
+    method: str, path: str, headers: Sequence[tuple[bytes, bytes]] | Mapping[str, str]
+) -> dict[str, Any]:
+    if isinstance(headers, Mapping):
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    else:
+        raw = list(headers)
+    if not any(k == b"host" for k, _ in raw):
+        raw.append((b"host", b"127.0.0.1:8000"))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("latin-1", "replace"),
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def asgi_request(
+    app: Any,
+    method: str,
+    path: str = "/mcp",
+    headers: Sequence[tuple[bytes, bytes]] | Mapping[str, str] = (),
+    body: bytes | Sequence[bytes] = b"",
+    *,
+    answer_within: float = 10.0,
+    linger: float = 5.0,
+) -> AsgiResponse:
+    """One request to ``app`` in memory, as a client that leaves once the response is complete.
+
+    ``body`` may be a list of chunks. An SSE response to GET counts as a stream: once its head
+    has arrived the client disconnects. Raises `trio.TooSlowError` if no complete response (or
+    stream head) comes within ``answer_within`` or the app does not return within ``linger`` after
+    the client left: either is a hang.
+    """
+    chunks = [body] if isinstance(body, bytes) else list(body)
+    response = AsgiResponse()
+    left = trio.Event()
+    answered = trio.Event()
+    returned = trio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Mapping[str, Any]) -> None:
+        if left.is_set():
+            raise OSError("client disconnected")  # what servers do for a gone client
+        if message["type"] == "http.response.start":
+            response.status = int(message["status"])
+            response.headers = {
+                bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
+                for k, v in message.get("headers", ())
+            }
+            if method == "GET" and response.content_type.startswith("text/event-stream"):
+                response.stream = True
+                answered.set()
+        elif message["type"] == "http.response.body":
+            response.body += bytes(message.get("body", b""))
+            if not message.get("more_body", False):
+                response.complete = True
+                answered.set()
+        await trio.lowlevel.checkpoint()
+
+    async def run() -> None:
+        try:
+            await app(http_scope(method, path, headers), receive, send)
+        except Exception as exc:
+            response.raised = exc
+        finally:
+            returned.set()
+            answered.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        with trio.fail_after(answer_within):
+            await answered.wait()
+        left.set()
+        with trio.fail_after(linger):
+            await returned.wait()
+    return response
