@@ -657,14 +657,29 @@ class Supervisor:
             raise SessionClosed(f"session {_short(session_id)} is closing")
         return session
 
-    def _delivered(self, session: Session) -> None:
-        session._messages += 1
-        self._messages_total += 1
+    def _queue(self, session: Session) -> None:
+        # Counted before the message enters the channel (and uncounted if it never does), so
+        # the depth never lags behind what the actor can see. A sender waiting for room counts:
+        # a high-water mark above mailbox_size means senders met backpressure.
         depth = session._depth = session._depth + 1
         if depth > session._high_water:
             session._high_water = depth
             if depth > self._high_water:
                 self._high_water = depth
+
+    def _undelivered(self, session: Session, exc: BaseException) -> BaseException:
+        session._depth -= 1
+        if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
+            return SessionClosed(f"session {_short(session._id)} closed")
+        if isinstance(exc, trio.WouldBlock):
+            return MailboxFull(
+                f"mailbox of session {_short(session._id)} is full ({self._mailbox_size})"
+            )
+        return exc
+
+    def _delivered(self, session: Session) -> None:
+        session._messages += 1
+        self._messages_total += 1
 
     async def send(self, session_id: str, payload: Any) -> None:
         """Put a message in the session's mailbox, waiting while it is full (backpressure).
@@ -677,11 +692,14 @@ class Supervisor:
         """
         session = self._deliverable(session_id)
         assert session._send is not None
-        msg = Message(payload, session, _ONE_WAY)
+        self._queue(session)
         try:
-            await session._send.send(msg)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise SessionClosed(f"session {_short(session_id)} closed") from None
+            await session._send.send(Message(payload, session, _ONE_WAY))
+        except BaseException as exc:
+            error = self._undelivered(session, exc)
+            if error is exc:
+                raise
+            raise error from None
         self._delivered(session)
         _touch(session, trio.current_time())
 
@@ -695,14 +713,11 @@ class Supervisor:
         """
         session = self._deliverable(session_id)
         assert session._send is not None
+        self._queue(session)
         try:
             session._send.send_nowait(Message(payload, session, _ONE_WAY))
-        except trio.WouldBlock:
-            raise MailboxFull(
-                f"mailbox of session {_short(session_id)} is full ({self._mailbox_size})"
-            ) from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise SessionClosed(f"session {_short(session_id)} closed") from None
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            raise self._undelivered(session, exc) from None
         self._delivered(session)
         _touch(session, trio.current_time())
 
@@ -746,19 +761,18 @@ class Supervisor:
             session._pending = set()
         session._pending.add(msg)
         self._calls_total += 1
+        self._queue(session)
         try:
-            send.send_nowait(msg)
-        except trio.WouldBlock:
             try:
+                send.send_nowait(msg)
+            except trio.WouldBlock:
                 await send.send(msg)
-            except BaseException as exc:
-                msg._abandon()
-                if isinstance(exc, trio.ClosedResourceError | trio.BrokenResourceError):
-                    raise SessionClosed(f"session {_short(session._id)} closed") from None
-                raise
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except BaseException as exc:
             msg._abandon()
-            raise SessionClosed(f"session {_short(session._id)} closed") from None
+            error = self._undelivered(session, exc)
+            if error is exc:
+                raise
+            raise error from None
         self._delivered(session)
         return await msg._wait()
 

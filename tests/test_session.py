@@ -72,7 +72,10 @@ async def test_send_nowait_raises_mailbox_full_and_send_waits(
             await trio.sleep(1)
             release.set()
         assert session.messages_total == 4
-        assert sup.statistics().mailbox_high_water == 3
+        await trio.testing.wait_all_tasks_blocked()
+        assert session.mailbox_depth == 0
+        # 3 buffered + 1 sender waiting for room: the mark shows the backpressure
+        assert sup.statistics().mailbox_high_water == 4
 
 
 async def test_call_returns_the_reply_and_raises_what_the_actor_fails_with() -> None:
