@@ -11,11 +11,12 @@ import pytest
 
 import supervisor
 
-CONTRACT = """
-    open_supervisor Supervisor SupervisorConfig SessionContext Session Message
-    SessionState Transport Event EventKind Lagged SessionStatistics SessionMetrics
-    SupervisorError CapacityError SessionNotFound SessionClosed InvalidTransition MailboxFull
-""".split()
+CONTRACT = [
+    *("open_supervisor", "Supervisor", "SupervisorConfig", "SessionContext", "Session"),
+    *("Message", "SessionState", "Transport", "Event", "EventKind", "Lagged"),
+    *("SessionStatistics", "SessionMetrics", "SupervisorError", "CapacityError"),
+    *("SessionNotFound", "SessionClosed", "InvalidTransition", "MailboxFull"),
+]
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -11,6 +11,7 @@ import queue
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import trio
@@ -152,10 +153,8 @@ class SupervisorMachine(RuleBasedStateMachine):
     @rule(session_id=sessions)
     def send(self, session_id: str) -> None:
         def send() -> None:
-            try:
+            with suppress(SessionNotFound, SessionClosed, trio.WouldBlock):
                 self.sup.send_nowait(session_id, "msg")
-            except (SessionNotFound, SessionClosed, trio.WouldBlock):
-                pass
 
         self.run_sync(send)
 
@@ -174,10 +173,8 @@ class SupervisorMachine(RuleBasedStateMachine):
     @rule(session_id=sessions)
     def touch(self, session_id: str) -> None:
         def touch() -> None:
-            try:
+            with suppress(SessionNotFound):
                 self.sup.touch(session_id)
-            except SessionNotFound:
-                pass
 
         self.run_sync(touch)
 
