@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
+PY_DIRS := $(wildcard supervisor tests examples bench scripts)
+
 .PHONY: setup demo serve test test-fast lint typecheck format docs bench conformance-setup clean
 
 $(STAMP): pyproject.toml
@@ -30,15 +32,15 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not conformance"
 
 lint: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
 
 typecheck: setup
 	$(VENV)/bin/mypy
 
 format: setup
-	$(VENV)/bin/ruff format .
-	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format $(PY_DIRS)
+	$(VENV)/bin/ruff check --fix $(PY_DIRS)
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache docs/_build
