@@ -281,9 +281,10 @@ async def _mass_once(kind: str, n: int, clock: trio.testing.MockClock) -> float:
             assert sup.statistics().expired_total == n
         return elapsed / n
     async with trio.open_nursery() as nursery:
-        deadline = trio.current_time() + timeout
         for start in range(0, n, CHUNK):
             for _ in range(min(CHUNK, n - start)):
+                # Distinct deadlines in creation order, as the sessions' idle deadlines are.
+                deadline = trio.current_time() + timeout
                 _send, recv = trio.open_memory_channel[Any](64)
                 nursery.start_soon(bare_scoped_actor, recv, trio.CancelScope(deadline=deadline))
             await _wait()
