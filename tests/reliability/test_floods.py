@@ -111,12 +111,6 @@ async def test_full_mailbox_is_mailbox_full_and_others_unaffected(
 # -- HTTP flood of one session --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter gap: McpHttpApp starts a task per request of a session without any bound "
-    "(run_mcp_session on_message -> requests.start_soon), so a flood of one session is never "
-    "refused with 429/503 + Retry-After; see docs/reliability.md",
-)
 async def test_http_flood_of_one_session_gets_backpressure(
     autojump_clock: trio.testing.MockClock, figures: Figures
 ) -> None:
@@ -234,12 +228,6 @@ async def test_stuck_subscriber_never_slows_the_supervisor(figures: Figures) -> 
 # -- half-open initialize storms ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter gap: an HTTP session is READY once the initialize *response* is sent, so "
-    "the init deadline stops before the client completes the handshake "
-    "(notifications/initialized); half-open sessions hold capacity for idle_timeout",
-)
 async def test_half_open_initialize_flood_cannot_lock_out_a_client(
     autojump_clock: trio.testing.MockClock, figures: Figures
 ) -> None:
@@ -289,11 +277,6 @@ async def test_half_open_initialize_flood_cannot_lock_out_a_client(
 # -- slow bodies (slowloris) ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter gap: McpHttpApp._read_body has no deadline and serve_http sets no hypercorn "
-    "read_timeout, so a trickling or stalled body is read forever",
-)
 async def test_slow_body_is_cut_off_by_a_read_timeout(
     autojump_clock: trio.testing.MockClock, figures: Figures
 ) -> None:

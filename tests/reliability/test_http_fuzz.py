@@ -414,12 +414,6 @@ async def test_fuzz_requests(figures: Figures) -> None:
     assert not errors.records, [r.getMessage() for r in errors.records[:3]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter gap: some errors are plain text, not JSON-RPC errors: the SDK transport's "
-    "'Invalid Content-Type header' (400, no content type) passes through, the stateless 2026 "
-    "path answers unknown methods with an empty 405, and the adapter's own 413 is text/plain",
-)
 async def test_fuzz_error_responses_are_jsonrpc_errors(figures: Figures) -> None:
     """Every error on the MCP endpoint (but 401) carries a JSON-RPC error body."""
     examples = size(150, 1_000, 5_000)

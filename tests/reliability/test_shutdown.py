@@ -67,7 +67,9 @@ async def load(
             t0 = trio.current_time()
             try:
                 response = await http.post(
-                    url, json=tool_call("sleep", {"seconds": seconds}), headers=headers
+                    url,
+                    json=tool_call("sleep", {"seconds": seconds}, request_id=int(seconds * 10)),
+                    headers=headers,
                 )
                 messages = rpc_messages(response.headers.get("content-type", ""), response.content)
                 ok = response.status_code == 200 and any(
