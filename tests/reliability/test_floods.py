@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import pytest
 import trio
 import trio.lowlevel
 import trio.testing
