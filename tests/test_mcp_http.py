@@ -94,17 +94,23 @@ async def initialize(client: httpx.AsyncClient, **headers: str) -> str:
 
 
 async def call_tool(
-    client: httpx.AsyncClient, session_id: str, name: str, arguments: dict[str, Any], **headers: str
+    client: httpx.AsyncClient,
+    session_id: str,
+    name: str,
+    arguments: dict[str, Any],
+    *,
+    request_id: int = 7,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     return await client.post(
         "/mcp",
         json={
             "jsonrpc": "2.0",
-            "id": 7,
+            "id": request_id,
             "method": "tools/call",
             "params": {"name": name, "arguments": arguments},
         },
-        headers=session_headers(session_id, **headers),
+        headers=session_headers(session_id, **(headers or {})),
     )
 
 
@@ -445,11 +451,11 @@ async def test_session_is_bound_to_its_principal() -> None:
         authenticated = await next_event(events, EventKind.AUTHENTICATED, session_id)
         assert authenticated.session.principal == "alice"
         # Another principal with the same id: as if the session did not exist.
-        assert (await call_tool(client, session_id, "counter", {}, **bob)).status_code == 404
+        assert (await call_tool(client, session_id, "counter", {}, headers=bob)).status_code == 404
         assert (
             await client.delete("/mcp", headers=session_headers(session_id, **bob))
         ).status_code == 404
-        owner = await call_tool(client, session_id, "counter", {}, **alice)
+        owner = await call_tool(client, session_id, "counter", {}, headers=alice)
         assert result(owner)["structuredContent"] == {"count": 1}
 
 
@@ -515,3 +521,115 @@ async def test_websocket_session_ids_are_not_http_sessions() -> None:
         session = sup.create_session_nowait(other, transport=Transport.WEBSOCKET)
         response = await call_tool(client, session.id, "counter", {})
         assert response.status_code == 404
+
+
+# -- abuse: half-open handshakes, floods, slow bodies, bad headers ------------------------------
+
+
+async def test_half_open_session_is_closed_by_init_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        serving(max_sessions=1, init_timeout=5.0, idle_timeout=1800.0) as (sup, client),
+        sup.subscribe() as events,
+    ):
+        opened = await client.post("/mcp", json=INIT, headers=ACCEPT)
+        assert result(opened)["protocolVersion"] == VERSION
+        half_open = opened.headers["mcp-session-id"]
+        # Accepted by the server, but the client never sends notifications/initialized.
+        assert sup.get_session(half_open).state is SessionState.INITIALIZING
+        assert (await client.post("/mcp", json=INIT, headers=ACCEPT)).status_code == 503
+        expired = await next_event(events, EventKind.EXPIRED, half_open)
+        assert expired.reason == "init-timeout"
+        assert trio.current_time() <= 5.0 + sup.config.deadline_slack
+        await initialize(client)  # the slot is free again
+
+
+async def test_flood_of_one_session_gets_429(autojump_clock: trio.testing.MockClock) -> None:
+    options = {"max_requests_per_session": 4}
+    async with serving(slow_server(), app_options=options) as (sup, client):
+        victim = await initialize(client)
+        bystander = await initialize(client)
+        statuses: list[int] = []
+
+        async def one(request_id: int) -> None:
+            response = await call_tool(client, victim, "slow", {}, request_id=request_id)
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert response.headers["retry-after"] == "1"
+                assert response.json()["error"]["message"].startswith("Too Many Requests")
+
+        async with trio.open_nursery() as nursery:
+            for request_id in range(10):
+                nursery.start_soon(one, 100 + request_id)
+            await trio.sleep(1)
+            echoed = await call_tool(client, bystander, "slow", {})
+            assert echoed.status_code == 200  # the other session is unaffected
+        assert sorted(statuses) == [200] * 4 + [429] * 6
+        assert sup.get_session(victim).state is SessionState.READY
+
+
+async def test_slow_body_is_cut_off(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_supervisor() as sup:
+        app = McpHttpApp(sup, create_demo_server(), body_timeout=10.0)
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            await trio.sleep(1.0)  # one byte a second
+            return {"type": "http.request", "body": b" ", "more_body": True}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/mcp",
+            "headers": [
+                (b"host", b"127.0.0.1:8000"),
+                (b"content-type", b"application/json"),
+                (b"accept", b"application/json, text/event-stream"),
+            ],
+        }
+        start = trio.current_time()
+        await app(scope, receive, send)
+        assert trio.current_time() - start <= 10.0 + 1.0
+        assert sent[0]["status"] == 408
+        assert len(sup) == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"content-type": "text/plain"}, 415),
+        ({"content-type": ""}, 415),
+        ({"accept": "application/json"}, 406),
+        ({"accept": "text/event-stream"}, 406),
+    ],
+)
+async def test_bad_post_headers(headers: dict[str, str], status: int) -> None:
+    async with serving() as (sup, client):
+        response = await client.post(
+            "/mcp", content=json.dumps(INIT).encode(), headers={**ACCEPT, **headers}
+        )
+        assert response.status_code == status
+        assert "error" in response.json()
+        assert len(sup) == 0
+
+
+async def test_json_response_mode_needs_only_json_accept() -> None:
+    async with serving(app_options={"json_response": True}) as (_sup, client):
+        response = await client.post(
+            "/mcp", json=INIT, headers={**ACCEPT, "accept": "application/json"}
+        )
+        assert result(response)["protocolVersion"] == VERSION
+
+
+async def test_stateless_era_takes_post_only() -> None:
+    async with serving() as (_sup, client):
+        response = await client.get(
+            "/mcp", headers={"accept": "text/event-stream", "mcp-protocol-version": "2026-07-28"}
+        )
+        assert response.status_code == 405
+        assert response.headers["allow"] == "POST"
+        assert "error" in response.json()

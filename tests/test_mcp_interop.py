@@ -129,7 +129,21 @@ async def test_session_id_is_the_supervisor_id() -> None:
             )
             assert response.status_code == 200
             session_id = response.headers["mcp-session-id"]
-            assert sup.get_session(session_id).client_info == {"name": "httpx", "version": "0"}
+            # Accepted, but READY only once the client has completed the handshake.
+            assert sup.get_session(session_id).state is SessionState.INITIALIZING
+            notified = await http.post(
+                url,
+                json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                headers={
+                    "accept": "application/json, text/event-stream",
+                    "mcp-session-id": session_id,
+                    "mcp-protocol-version": "2025-11-25",
+                },
+            )
+            assert notified.status_code == 202
+            session = sup.get_session(session_id)
+            assert session.state is SessionState.READY
+            assert session.client_info == {"name": "httpx", "version": "0"}
 
 
 INITIALIZE = {
@@ -192,10 +206,10 @@ async def test_official_client_session_over_websocket() -> None:
                 ClientSession(read, write) as client,
             ):
                 await client.initialize()
+                assert [await counter(client) for _ in range(3)] == [1, 2, 3]
                 [session] = sup.active_sessions()
                 assert session.transport is Transport.WEBSOCKET
                 assert session.state is SessionState.READY
-                assert [await counter(client) for _ in range(3)] == [1, 2, 3]
                 async with (
                     websocket_streams(url) as (read2, write2),
                     ClientSession(read2, write2) as other,
@@ -343,3 +357,20 @@ async def test_cli_serves_an_app_over_stdio() -> None:
             )
             notes = await client.call_tool("list_notes", {})
             assert notes.structured_content == {"result": ["one", "two"]}
+
+
+async def test_last_event_id_without_event_store_opens_a_fresh_stream() -> None:
+    accept = {"accept": "application/json, text/event-stream"}
+    with trio.fail_after(TIMEOUT):
+        async with http_server() as (_sup, url), httpx.AsyncClient() as http:
+            opened = await http.post(url, json=INITIALIZE, headers=accept)
+            session_id = opened.headers["mcp-session-id"]
+            headers = {
+                "accept": "text/event-stream",
+                "mcp-session-id": session_id,
+                "mcp-protocol-version": "2025-11-25",
+                "last-event-id": "no-such-event",
+            }
+            async with http.stream("GET", url, headers=headers) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")

@@ -351,7 +351,7 @@ async def test_stdio_session_until_eof() -> None:
             assert (await read_message(from_server, buffer))["result"]["protocolVersion"]
             [session] = sup.active_sessions()
             assert session.transport is Transport.STDIO
-            assert session.client_info == {"name": "stdio-test", "version": "1"}
+            assert session.state is SessionState.INITIALIZING  # until notifications/initialized
             await to_server.send_all(
                 line({"jsonrpc": "2.0", "method": "notifications/initialized"})
                 + b"this is not json\n"
@@ -367,6 +367,9 @@ async def test_stdio_session_until_eof() -> None:
             reply = await read_message(from_server, buffer)
             assert reply["id"] == 2
             assert reply["result"]["structuredContent"] == {"count": 1}
+            ready = sup.get_session(session.id)
+            assert ready.state is SessionState.READY
+            assert ready.client_info == {"name": "stdio-test", "version": "1"}
             await to_server.aclose()  # EOF
             await done.wait()
         closed = await wait_for(events, EventKind.CLOSED, session.id)

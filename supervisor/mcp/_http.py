@@ -38,7 +38,7 @@ from .. import (
     SupervisorClosed,
     Transport,
 )
-from ._session import ServerSource, resolve_server, run_mcp_session
+from ._session import ServerSource, _Handshake, _serve_session, resolve_server
 
 if TYPE_CHECKING:
     from .. import Message, Session, SessionContext, Supervisor
@@ -197,11 +197,29 @@ class _HttpExchange:
     send: Send
     cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     status: int | None = None
+    #: Set by the actor: the session's server has accepted ``initialize`` (or more).
+    initialize_accepted: bool = False
+    #: The POST body, when the app has read it.
+    body: bytes | None = None
 
     async def tracking_send(self, message: ASGIMessage) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
         await self.send(message)
+
+
+def _is_initialized_notification(body: bytes) -> bool:
+    if b"notifications/initialized" not in body:
+        return False
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(decoded, dict)
+        and decoded.get("method") == "notifications/initialized"
+        and "id" not in decoded
+    )
 
 
 def _is_initialize(body: bytes) -> bool | None:
@@ -261,7 +279,11 @@ class McpHttpApp:
         event_store: An SDK ``EventStore`` shared by all sessions, for resumable SSE streams
             (``Last-Event-ID``); without one, streams are not resumable.
         retry_interval: Milliseconds suggested to clients in SSE ``retry`` (with an event store).
-        retry_after: Seconds suggested in ``Retry-After`` on 503.
+        retry_after: Seconds suggested in ``Retry-After`` on 503 and 429.
+        max_requests_per_session: Requests of one session served at once (an open GET stream
+            counts); more get 429 with ``Retry-After``. Default: the supervisor's
+            ``mailbox_size``.
+        body_timeout: Seconds to receive a whole request body; a slower one gets 408.
         websocket: Accept WebSocket connections.
     """
 
@@ -280,10 +302,18 @@ class McpHttpApp:
         event_store: EventStore | None = None,
         retry_interval: int | None = None,
         retry_after: int = 1,
+        max_requests_per_session: int | None = None,
+        body_timeout: float = 30.0,
         websocket: bool = True,
     ) -> None:
         if max_body_size <= 0:
             raise ValueError("max_body_size must be a positive number of bytes")
+        if not body_timeout > 0:
+            raise ValueError("body_timeout must be a positive number of seconds")
+        if max_requests_per_session is None:
+            max_requests_per_session = supervisor.config.mailbox_size
+        if max_requests_per_session <= 0:
+            raise ValueError("max_requests_per_session must be positive")
         self.supervisor = supervisor
         self.server = server
         self.path = path
@@ -300,7 +330,10 @@ class McpHttpApp:
         self.event_store = event_store
         self.retry_interval = retry_interval
         self.retry_after = retry_after
+        self.max_requests_per_session = max_requests_per_session
+        self.body_timeout = body_timeout
         self.websocket = websocket
+        self._active: dict[str, int] = {}
         self._stateless_server: Server[Any] | None = None
         self._stateless_state: Any = None
         self._stateless_ready = False
@@ -437,8 +470,19 @@ class McpHttpApp:
             return
 
         method = scope.get("method", "GET")
+        if method == "POST" and not await self._post_headers_ok(scope, send):
+            return
         version = _header(scope, _VERSION_HEADER)
         if version is not None and version in MODERN_PROTOCOL_VERSIONS:
+            if method != "POST":
+                await _rpc_error(
+                    send,
+                    405,
+                    INVALID_REQUEST,
+                    "Method Not Allowed: the 2026-07-28 era takes POST only",
+                    headers=[("Allow", "POST")],
+                )
+                return
             await self._stateless_request(scope, receive, send, method)
             return
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
@@ -465,7 +509,14 @@ class McpHttpApp:
                 self.supervisor.close_session(session_id, reason=DELETED)
                 await _respond(send, 200)
             else:
-                await self._exchange(session_id, scope, receive, send)
+                if self.event_store is None and _header(scope, b"last-event-id") is not None:
+                    # Nothing to resume from: serve a fresh stream (the SDK transport would
+                    # answer nothing at all).
+                    scope = dict(scope)
+                    scope["headers"] = [
+                        (k, v) for k, v in scope.get("headers", ()) if k != b"last-event-id"
+                    ]
+                await self._exchange(session_id, _HttpExchange(scope, receive, send))
         else:
             await _rpc_error(
                 send,
@@ -475,18 +526,54 @@ class McpHttpApp:
                 headers=[("Allow", "GET, POST, DELETE")],
             )
 
+    async def _post_headers_ok(self, scope: Scope, send: Send) -> bool:
+        """Content-Type and Accept of a POST (answered here so every refusal is JSON-RPC)."""
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            await _rpc_error(
+                send,
+                415,
+                INVALID_REQUEST,
+                "Unsupported Media Type: Content-Type must be application/json",
+            )
+            return False
+        accept = [
+            part.split(";")[0].strip().lower()
+            for part in (_header(scope, b"accept") or "").split(",")
+        ]
+        anything = "*/*" in accept
+        has_json = anything or "application/json" in accept or "application/*" in accept
+        has_sse = anything or "text/event-stream" in accept or "text/*" in accept
+        if not has_json or (not self.json_response and not has_sse):
+            await _rpc_error(
+                send,
+                406,
+                INVALID_REQUEST,
+                "Not Acceptable: Accept must list application/json and text/event-stream",
+            )
+            return False
+        return True
+
     async def _not_found(self, send: Send) -> None:
         await _rpc_error(send, 404, INVALID_REQUEST, "Not Found: unknown or expired session ID")
 
     async def _read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The request body, or None when answered here (413, 408) or the client left."""
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_size:
-            await _respond(send, 413, b"Request body too large", content_type="text/plain")
+            await _rpc_error(send, 413, INVALID_REQUEST, "Payload Too Large")
             return None
-        try:
-            body, disconnected = await _read_body(receive, self.max_body_size)
-        except _BodyTooLarge:
-            await _respond(send, 413, b"Request body too large", content_type="text/plain")
+        body: bytes | None = None
+        disconnected = False
+        with trio.move_on_after(self.body_timeout):
+            try:
+                body, disconnected = await _read_body(receive, self.max_body_size)
+            except _BodyTooLarge:
+                await _rpc_error(send, 413, INVALID_REQUEST, "Payload Too Large")
+                return None
+        if body is None:
+            logger.warning("request body not received within %s s", self.body_timeout)
+            await _rpc_error(send, 408, INVALID_REQUEST, "Request Timeout: body too slow")
             return None
         return None if disconnected else body
 
@@ -506,7 +593,7 @@ class McpHttpApp:
             if self._lookup(session_id, principal) is None:
                 await self._not_found(send)
                 return
-            await self._exchange(session_id, scope, replayed, send)
+            await self._exchange(session_id, _HttpExchange(scope, replayed, send, body=body))
             return
         opening = _is_initialize(body)
         if opening is None:
@@ -531,22 +618,39 @@ class McpHttpApp:
             return
         if principal is not None and not session.is_authenticated:
             self.supervisor.authenticate_session(session.id, principal)
+        exchange = _HttpExchange(scope, replayed, send)
         try:
-            await self._exchange(session.id, scope, replayed, send)
+            await self._exchange(session.id, exchange)
         finally:
-            if not session.is_initialized:
+            if not exchange.initialize_accepted:
                 # Without a session id only initialize can succeed; a refused one leaves nothing.
                 self.supervisor.close_session(session.id, reason="init-failed")
 
-    async def _exchange(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = _HttpExchange(scope, receive, send)
+    async def _exchange(self, session_id: str, exchange: _HttpExchange) -> None:
+        active = self._active.get(session_id, 0)
+        if active >= self.max_requests_per_session:
+            logger.warning("session %.16s... has %d requests in flight: 429", session_id, active)
+            await _rpc_error(
+                exchange.send,
+                429,
+                INTERNAL_ERROR,
+                "Too Many Requests: too many requests in flight for this session",
+                headers=[("Retry-After", str(self.retry_after))],
+            )
+            return
+        self._active[session_id] = active + 1
         try:
             await self.supervisor.call(session_id, exchange)
         except (SessionNotFound, SessionClosed):
             if exchange.status is None:
-                await self._not_found(send)
+                await self._not_found(exchange.send)
         finally:
             exchange.cancel_scope.cancel()
+            remaining = self._active[session_id] - 1
+            if remaining:
+                self._active[session_id] = remaining
+            else:
+                del self._active[session_id]
 
     async def _stateless_request(
         self, scope: Scope, receive: Receive, send: Send, method: str
@@ -581,16 +685,18 @@ class McpHttpApp:
             transport.connect() as (read_stream, write_stream),
             trio.open_nursery() as requests,
         ):
+            handshake = _Handshake(ctx=ctx, track_busy=False)
 
             def on_message(message: Message[Any]) -> None:
-                requests.start_soon(_serve_exchange, transport, message)
+                requests.start_soon(_serve_exchange, transport, handshake, message)
 
             try:
-                await run_mcp_session(
+                await _serve_session(
                     ctx,
                     self.server,
                     read_stream,
                     write_stream,
+                    handshake,
                     transport=Transport.HTTP,
                     handshake_only=True,
                     on_message=on_message,
@@ -601,11 +707,21 @@ class McpHttpApp:
                     await transport.terminate()
 
 
-async def _serve_exchange(transport: StreamableHTTPServerTransport, message: Message[Any]) -> None:
+async def _serve_exchange(
+    transport: StreamableHTTPServerTransport, handshake: _Handshake, message: Message[Any]
+) -> None:
     exchange = message.payload
     if not isinstance(exchange, _HttpExchange):
         message.fail(TypeError(f"an MCP HTTP session takes HTTP exchanges, not {exchange!r}"))
         return
+    if (
+        exchange.body is not None
+        and handshake.accepted is not None
+        and _is_initialized_notification(exchange.body)
+    ):
+        # Recorded before the transport answers 202 (it dispatches the notification only after
+        # sending the response), so a client that sees 202 sees a READY session.
+        handshake.client_initialized()
     try:
         with exchange.cancel_scope:
             await transport.handle_request(exchange.scope, exchange.receive, exchange.tracking_send)
@@ -613,6 +729,7 @@ async def _serve_exchange(transport: StreamableHTTPServerTransport, message: Mes
         logger.exception("MCP HTTP request failed")
         message.fail(exc)
         return
+    exchange.initialize_accepted = handshake.done or handshake.accepted is not None
     message.reply(exchange.status)
 
 

@@ -130,4 +130,6 @@ async def open_in_process_client(
         ) as client,
     ):
         await client.initialize()
+        # A round trip after notifications/initialized: the session is READY when this yields.
+        await client.send_ping()
         yield client

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, final
 
+import anyio
 import attrs
 import trio
 from mcp.server.lowlevel.server import Server
@@ -135,19 +136,28 @@ def resolve_server(source: ServerSource) -> Server[Any]:
 class _Handshake:
     """Watches the messages of one session and reports the handshake to the supervisor.
 
-    The legacy era: an ``initialize`` request moves the session to INITIALIZING, and the
-    successful response to it (seen on the way out, before the client can see it) records the
-    client info, the negotiated protocol version and the capabilities with ``ctx.initialize``,
-    which moves the session to READY. The 2026-07-28 era over a duplex stream has no handshake:
-    the first successful response to an enveloped request initializes the session with the
-    envelope's values. Watching the wire, not SDK internals, keeps this independent of the SDK's
-    hooks.
+    The ``initialize`` era: the ``initialize`` request moves the session to INITIALIZING; the
+    successful response to it (seen on the way out) is remembered, and the client's
+    ``notifications/initialized``, which ends the initialization phase, records the client
+    info, the negotiated protocol version and the capabilities with ``ctx.initialize``, moving
+    the session to READY. A client that never completes the handshake stays INITIALIZING, so
+    the supervisor's init deadline ends it. The 2026-07-28 era over a duplex stream has no
+    handshake: the first successful response to an enveloped request initializes the session
+    with the envelope's values. Watching the wire, not SDK internals, keeps this independent of
+    the SDK's hooks.
     """
 
     ctx: SessionContext[Any]
     track_busy: bool
     pending_id: Any = None
     pending: dict[str, Any] | None = None
+    pending_modern: bool = False
+    #: The server accepted ``initialize`` (its info, waiting for ``notifications/initialized``).
+    accepted: dict[str, Any] | None = None
+    #: The client sent ``notifications/initialized`` before the response was seen.
+    notified: bool = False
+    #: The server refused ``initialize`` (an error response).
+    refused: bool = False
     done: bool = False
     busy: dict[Any, AbstractContextManager[Any]] = attrs.field(factory=dict)
 
@@ -156,7 +166,7 @@ class _Handshake:
             return
         message = item.message
         if isinstance(message, JSONRPCRequest):
-            if not self.done and self.pending is None:
+            if not self.done and self.pending is None and self.accepted is None:
                 self._maybe_start(message)
             if self.track_busy and message.id not in self.busy:
                 cm = self.ctx.busy()
@@ -165,21 +175,31 @@ class _Handshake:
                 except SupervisorError:  # the session is ending; nothing to hold open
                     return
                 self.busy[message.id] = cm
-        elif self.track_busy:
+            return
+        if self.track_busy:
             with suppress(SupervisorError):
                 self.ctx.touch()
-        if (
-            isinstance(message, JSONRPCNotification)
-            and message.method == "notifications/cancelled"
-            and self.track_busy
-        ):
-            request_id = (message.params or {}).get("requestId")
-            self._release(request_id)
+        if not isinstance(message, JSONRPCNotification):
+            return
+        if message.method == "notifications/initialized":
+            self.client_initialized()
+        elif message.method == "notifications/cancelled" and self.track_busy:
+            self._release((message.params or {}).get("requestId"))
+
+    def client_initialized(self) -> None:
+        """The client sent ``notifications/initialized``: the handshake is complete."""
+        if self.done:
+            return
+        if self.accepted is not None:
+            self._finish(self.accepted)
+        else:
+            self.notified = True
 
     def _maybe_start(self, message: JSONRPCRequest) -> None:
         params = message.params or {}
         if message.method == "initialize":
             self.pending_id = message.id
+            self.pending_modern = False
             self.pending = {
                 "client_info": _as_dict(params.get("clientInfo")),
                 "capabilities": _as_dict(params.get("capabilities")),
@@ -192,6 +212,7 @@ class _Handshake:
         meta = params.get("_meta")
         if isinstance(meta, Mapping) and PROTOCOL_VERSION_META_KEY in meta:
             self.pending_id = message.id
+            self.pending_modern = True
             self.pending = {
                 "client_info": _as_dict(meta.get(CLIENT_INFO_META_KEY)),
                 "capabilities": _as_dict(meta.get(CLIENT_CAPABILITIES_META_KEY)),
@@ -208,15 +229,28 @@ class _Handshake:
             return
         pending, self.pending, self.pending_id = self.pending, None, None
         if isinstance(message, JSONRPCError):
-            # A refused handshake leaves the session uninitialized; the init deadline ends it.
+            # A refused handshake leaves the session uninitialized; the init deadline ends it
+            # (Streamable HTTP closes it at once: see McpHttpApp).
+            self.refused = not self.pending_modern
             return
         negotiated = message.result.get("protocolVersion", pending["protocol_version"])
+        if isinstance(negotiated, str):
+            pending["protocol_version"] = negotiated
+        if self.pending_modern or self.notified:
+            self._finish(pending)
+        else:
+            self.refused = False
+            self.accepted = pending
+
+    def _finish(self, info: dict[str, Any]) -> None:
         self.done = True
+        self.accepted = None
+        protocol_version = info["protocol_version"]
         with suppress(SupervisorError):  # the session may already be closing
             self.ctx.initialize(
-                client_info=pending["client_info"],
-                protocol_version=negotiated if isinstance(negotiated, str) else None,
-                capabilities=pending["capabilities"],
+                client_info=info["client_info"],
+                protocol_version=protocol_version if isinstance(protocol_version, str) else None,
+                capabilities=info["capabilities"],
             )
 
     def _release(self, request_id: Any) -> None:
@@ -272,8 +306,6 @@ class _ObservedReadStream:
         return self
 
     async def __anext__(self) -> SessionMessage | Exception:
-        import anyio
-
         try:
             return await self.receive()
         except anyio.EndOfStream:
@@ -345,10 +377,11 @@ async def run_mcp_session(
     * the supervisor asks the session to close (idle or init deadline, ``close_session``,
       shutdown): the mailbox ends and the protocol loop is cancelled.
 
-    The handshake is reported to the supervisor (INITIALIZING on ``initialize``, READY with
-    client info, negotiated version and capabilities once the server has accepted it). On duplex
-    transports (``handshake_only=False``) each request in flight also counts as busy, so a long
-    tool call does not idle out.
+    The handshake is reported to the supervisor: INITIALIZING on ``initialize``; READY, with the
+    client info, negotiated version and capabilities, once the server has accepted it and the
+    client has sent ``notifications/initialized`` (a half-open client is ended by the init
+    deadline). On duplex transports (``handshake_only=False``) each request in flight also counts
+    as busy, so a long tool call does not idle out.
 
     Args:
         ctx: The actor's session context.
@@ -367,10 +400,37 @@ async def run_mcp_session(
     Raises:
         TypeError: ``server`` is not a server or a factory of one.
     """
+    await _serve_session(
+        ctx,
+        server,
+        read_stream,
+        write_stream,
+        _Handshake(ctx=ctx, track_busy=not handshake_only),
+        transport=transport,
+        handshake_only=handshake_only,
+        on_message=on_message,
+        init_options=init_options,
+        raise_exceptions=raise_exceptions,
+    )
+
+
+async def _serve_session(
+    ctx: SessionContext[Any],
+    server: ServerSource,
+    read_stream: ReadStream[SessionMessage | Exception],
+    write_stream: WriteStream[SessionMessage],
+    handshake: _Handshake,
+    *,
+    transport: Transport | None,
+    handshake_only: bool,
+    on_message: Callable[[Message[Any]], None] | None,
+    init_options: InitializationOptions | None = None,
+    raise_exceptions: bool = False,
+) -> None:
+    """`run_mcp_session` with the handshake observer supplied by the caller (HTTP reads it)."""
     session = McpSession(context=ctx, transport=transport or ctx.session.transport)
     _CURRENT.set(session)
     lowlevel = resolve_server(server)
-    handshake = _Handshake(ctx=ctx, track_busy=not handshake_only)
     reader = _ObservedReadStream(read_stream, handshake, session)
     writer = _ObservedWriteStream(write_stream, handshake)
     eof = False
