@@ -25,6 +25,7 @@ from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
 from trio_websocket import ConnectionClosed, open_websocket_url
@@ -188,9 +189,12 @@ async def websocket_streams(
         async def pump_out() -> None:
             async with from_client:
                 async for item in from_client:
-                    await ws.send_message(
-                        item.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    )
+                    try:
+                        await ws.send_message(
+                            item.message.model_dump_json(by_alias=True, exclude_unset=True)
+                        )
+                    except ConnectionClosed:
+                        return
 
         nursery.start_soon(pump_in)
         nursery.start_soon(pump_out)
@@ -374,3 +378,19 @@ async def test_last_event_id_without_event_store_opens_a_fresh_stream() -> None:
             async with http.stream("GET", url, headers=headers) as stream:
                 assert stream.status_code == 200
                 assert stream.headers["content-type"].startswith("text/event-stream")
+
+
+async def test_websocket_session_expires_and_closes_the_socket() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with http_server(idle_timeout=0.2) as (sup, url), sup.subscribe() as events:
+            async with (
+                websocket_streams(url) as (read, write),
+                ClientSession(read, write) as client,
+            ):
+                await client.initialize()
+                assert await counter(client) == 1
+                [session] = sup.active_sessions()
+                expired = await wait_for(events, EventKind.EXPIRED, session.id)
+                assert expired.reason == "idle-timeout"
+                with pytest.raises(MCPError):
+                    await client.call_tool("counter", {})

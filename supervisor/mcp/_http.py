@@ -247,19 +247,25 @@ class McpHttpApp:
       rebinding protection; loopback is allowed by default, a request without Origin is fine);
     * with a ``token_verifier``, a missing or refused bearer token gets 401 with
       ``WWW-Authenticate: Bearer``;
+    * a POST whose Content-Type is not JSON gets 415, one whose Accept lacks JSON (or SSE,
+      unless ``json_response``) gets 406;
     * ``MCP-Protocol-Version: 2026-07-28`` goes to the SDK's stateless single-exchange path (no
-      session); any other value that is not a handshake-era version gets 400;
-    * a body above ``max_body_size`` gets 413;
+      session; POST only, else 405); any other value that is not a handshake-era version gets
+      400;
+    * a body above ``max_body_size`` gets 413, one slower than ``body_timeout`` 408;
     * POST without ``Mcp-Session-Id``: an ``initialize`` request opens a new session (503 with
       ``Retry-After`` at capacity), malformed JSON gets a JSON-RPC parse error (400), anything
       else 400;
-    * GET/POST/DELETE with an ``Mcp-Session-Id`` that is unknown, expired, closed, or belongs to
-      another principal gets 404; DELETE ends the session (200); a session that ends while one
-      of its requests is in flight answers 404 if nothing was sent yet.
+    * GET/POST/DELETE with an ``Mcp-Session-Id`` that is unknown, expired, closing, or belongs
+      to another principal gets 404; DELETE ends the session (200); a session with
+      ``max_requests_per_session`` requests in flight gets 429 with ``Retry-After``.
 
-    Each request of a session runs in that session's actor as a `Supervisor.call`, so it counts
-    as in flight (the idle clock is paused) while it runs; an open GET stream holds the session
-    the same way. A session whose ``initialize`` is refused is closed at once.
+    Every refusal carries a JSON-RPC error body (401 an OAuth-style one). Each request of a
+    session runs in that session's actor as a `Supervisor.call`, so it counts as in flight (the
+    idle clock is paused) while it runs; an open GET stream holds the session the same way. The
+    session is READY once the client has sent ``notifications/initialized``: a client that
+    stops after ``initialize`` is ended by the supervisor's ``init_timeout``. A session whose
+    opening ``initialize`` is refused is closed at once (reason ``"init-failed"``).
 
     WebSocket connections (subprotocol ``"mcp"``, one JSON-RPC message per text frame) on the
     same path get one session each, with transport `Transport.WEBSOCKET`.
