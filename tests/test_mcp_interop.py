@@ -382,13 +382,12 @@ async def test_last_event_id_without_event_store_opens_a_fresh_stream() -> None:
 
 async def test_websocket_session_expires_and_closes_the_socket() -> None:
     with trio.fail_after(TIMEOUT):
-        async with http_server(idle_timeout=0.2) as (sup, url), sup.subscribe() as events:
+        async with http_server(idle_timeout=1.0) as (sup, url), sup.subscribe() as events:
             async with (
                 websocket_streams(url) as (read, write),
                 ClientSession(read, write) as client,
             ):
                 await client.initialize()
-                assert await counter(client) == 1
                 [session] = sup.active_sessions()
                 expired = await wait_for(events, EventKind.EXPIRED, session.id)
                 assert expired.reason == "idle-timeout"
