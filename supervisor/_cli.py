@@ -1,9 +1,13 @@
-"""``python -m supervisor``: the command line (``serve``).
+"""``python -m supervisor``: the command line (``serve``, ``top``).
 
 ``serve`` runs an MCP server on a supervisor: Streamable HTTP (and WebSocket) with hypercorn's
 trio worker, or one session over stdio with ``--stdio``. SIGINT/SIGTERM shut down gracefully (the
 supervisor closes every session, the HTTP server stops listening), print a one-line summary of
 the totals and exit 0; a second signal cancels whatever is left at once.
+
+``top`` draws a live view of a server started with ``--admin-port``. The operator options of
+``serve`` (admin endpoint with Prometheus metrics, ``--log-level``, ``--log-format``, ``--top``)
+and the ``top`` command are implemented in ``supervisor._ops``.
 """
 
 from __future__ import annotations
@@ -80,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--stdio", action="store_true", help="serve one session over stdin/stdout instead"
     )
+    # The operator surface (admin endpoint, metrics, logging, top) lives in supervisor._ops.
+    from ._ops._run import add_serve_options, add_top_command
+
+    add_serve_options(serve)
+    add_top_command(commands)
     return parser
 
 
@@ -122,7 +131,7 @@ async def _watch_signals(
 
 async def _serve(args: argparse.Namespace) -> int:
     from . import open_supervisor
-    from .mcp import create_demo_server, serve_http, serve_stdio
+    from .mcp import create_demo_server, serve_stdio
 
     server: ServerSource = load_app(args.app) if args.app else create_demo_server()
     config: dict[str, Any] = {
@@ -133,9 +142,14 @@ async def _serve(args: argparse.Namespace) -> int:
     # With --stdio, stdout carries the protocol: talk to the operator on stderr.
     out = sys.stderr if args.stdio else sys.stdout
     stop = trio.Event()
+    from ._ops._run import Operations
+
+    ops = Operations(args, out)
+    ops.configure()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_supervisor(**config) as sup, trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope, out)
+            await ops.start(sup, nursery)
             if args.stdio:
                 print("serving MCP over stdio", file=out, flush=True)
                 async with trio.open_nursery() as inner:
@@ -147,24 +161,18 @@ async def _serve(args: argparse.Namespace) -> int:
                     inner.start_soon(run_stdio)
                     await stop.wait()
                     await sup.shutdown()
+                    await ops.drained()
             else:
                 async with trio.open_nursery() as http:
-                    url = await http.start(
-                        partial(
-                            serve_http,
-                            sup,
-                            server,
-                            host=args.host,
-                            port=args.port,
-                            path=args.path,
-                            shutdown_trigger=stop.wait,
-                        )
-                    )
+                    url = await http.start(partial(ops.serve_http, sup, server, stop))
                     print(f"serving MCP on {url}", file=out, flush=True)
+                    ops.announce(url)
+                    ops.start_live_view(sup, nursery, url)
                     await stop.wait()
                     # Concurrently with hypercorn's graceful stop: open GET streams end with
                     # their sessions, so hypercorn's connections can drain.
                     await sup.shutdown()
+                    await ops.drained()
             nursery.cancel_scope.cancel()
         print(_summary(sup), file=out, flush=True)
     return 0
@@ -173,6 +181,10 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "top":
+        from ._ops._run import top_main
+
+        return top_main(args)
     if args.command == "serve":
         try:
             return trio.run(_serve, args)

@@ -1,0 +1,206 @@
+"""Frames describing a supervisor for operators: plain JSON-ready dicts, ids truncated.
+
+A *snapshot* frame carries the counters of `Supervisor.statistics` and a table of live sessions;
+an *event* frame carries one lifecycle event; a *lagged* frame says how many events were missed.
+The admin endpoint streams these as newline-delimited JSON and ``top`` renders them; ``serve
+--top`` feeds them to the same view in process. No full session id is ever put in a frame: an
+id is a bearer credential for its session.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .. import Event, Lagged
+
+if TYPE_CHECKING:
+    from .. import Session, SessionStatistics, Supervisor
+
+__all__ = [
+    "ID_PREFIX",
+    "EventHistory",
+    "Frame",
+    "event_frame",
+    "run_feed",
+    "short_id",
+    "snapshot_frame",
+    "stats_dict",
+]
+
+#: Characters of a session id shown to operators (8 of 32: 48 of 192 bits, useless to guess).
+ID_PREFIX = 8
+#: Longest principal shown; principals can be long (issuer + subject).
+PRINCIPAL_WIDTH = 40
+
+Frame = dict[str, Any]
+
+
+def short_id(session_id: str) -> str:
+    """The prefix of a session id that may be shown and logged."""
+    return session_id[:ID_PREFIX]
+
+
+def _principal(principal: str | None) -> str | None:
+    if principal is None or len(principal) <= PRINCIPAL_WIDTH:
+        return principal
+    return principal[: PRINCIPAL_WIDTH - 1] + "…"
+
+
+def stats_dict(stats: SessionStatistics) -> dict[str, Any]:
+    """`SessionStatistics` as JSON-ready counters (states and transports by their values)."""
+    return {
+        "total": stats.total,
+        "max_sessions": stats.max_sessions,
+        "waiting": stats.waiting,
+        "by_state": {state.value: n for state, n in stats.by_state.items()},
+        "by_transport": {transport.value: n for transport, n in stats.by_transport.items()},
+        "created": stats.created_total,
+        "closed": stats.closed_total,
+        "expired": stats.expired_total,
+        "failed": stats.failed_total,
+        "rejected": stats.rejected_total,
+        "messages": stats.messages_total,
+        "calls": stats.calls_total,
+        "mailbox_high_water": stats.mailbox_high_water,
+        "subscribers": stats.subscribers,
+        "events_dropped": stats.events_dropped_total,
+    }
+
+
+def _row(session: Session, now: float) -> dict[str, Any]:
+    deadline = session.deadline
+    busy = session.in_flight > 0
+    return {
+        "id": short_id(session.id),
+        "principal": _principal(session.principal),
+        "transport": session.transport.value,
+        "state": session.state.value,
+        "age": round(now - session.created, 3),
+        "idle": 0.0 if busy else round(max(0.0, now - session.last_activity), 3),
+        "expires_in": None if math.isinf(deadline) else round(deadline - now, 3),
+        "in_flight": session.in_flight,
+        "messages": session.messages_total,
+        "mailbox": session.mailbox_depth,
+    }
+
+
+def snapshot_frame(sup: Supervisor, *, limit: int = 200) -> Frame:
+    """Counters and the ``limit`` newest live sessions. O(live sessions) to list them.
+
+    Times in rows are seconds relative to now: ``age``, ``idle`` (0 while a call is in flight)
+    and ``expires_in`` (``None``: no deadline).
+    """
+    now = trio.current_time()
+    sessions: Iterable[Session] = reversed(sup.sessions())
+    rows = [_row(s, now) for s in islice(sessions, limit)]
+    stats = sup.statistics()
+    return {
+        "type": "snapshot",
+        "wall": time.time(),
+        "stats": stats_dict(stats),
+        "sessions": rows,
+        "more": max(0, stats.total - len(rows)),
+        "closing": sup.closing,
+    }
+
+
+def event_frame(event: Event) -> Frame:
+    """One lifecycle event, id truncated; ``error`` is the exception's type and message."""
+    snap = event.session
+    frame: Frame = {
+        "type": "event",
+        "wall": time.time(),
+        "kind": event.kind.value,
+        "session": short_id(event.session_id),
+        "transport": snap.transport.value,
+        "state": snap.state.value,
+        "principal": _principal(snap.principal),
+        "terminal": event.kind.is_terminal,
+    }
+    if event.reason is not None:
+        frame["reason"] = event.reason
+    if event.error is not None:
+        frame["error"] = f"{type(event.error).__name__}: {event.error}"[:200]
+    if event.old_state is not None and event.new_state is not None:
+        frame["old_state"] = event.old_state.value
+        frame["new_state"] = event.new_state.value
+    return frame
+
+
+class EventHistory:
+    """The last ``size`` event frames, so a viewer that connects late sees recent events.
+
+    Run `run` as a task for the lifetime of the supervisor.
+    """
+
+    def __init__(self, size: int = 50) -> None:
+        self.frames: deque[Frame] = deque(maxlen=size)
+
+    async def run(self, sup: Supervisor) -> None:
+        async with sup.subscribe(buffer=1024) as events:
+            async for item in events:
+                self.frames.append(_item_frame(item))
+
+
+async def run_feed(
+    sup: Supervisor,
+    emit: Callable[[list[Frame]], Awaitable[None]],
+    *,
+    limit: int = 200,
+    coalesce: float = 0.1,
+    heartbeat: float = 2.0,
+    history: EventHistory | None = None,
+) -> None:
+    """Emit a snapshot, then events as they happen, until the supervisor has shut down.
+
+    Event-driven: it sleeps until an event arrives. After events it emits a fresh snapshot
+    at most ``coalesce`` seconds later (one per burst), and with nothing happening one every
+    ``heartbeat`` seconds (message counts and in-flight calls change without events, and a
+    dead client is noticed). Frames already waiting are emitted together in one call. Returns
+    after a last snapshot once the supervisor's subscriptions end (shutdown complete). With a
+    ``history``, its recent events come first.
+    """
+    async with sup.subscribe(buffer=1024) as events:
+        earlier = list(history.frames) if history is not None else []
+        await emit([*earlier, snapshot_frame(sup, limit=limit)])
+        snapshot_due: float | None = None
+        while True:
+            batch: list[Frame] = []
+            ended = False
+            deadline = snapshot_due if snapshot_due is not None else trio.current_time() + heartbeat
+            with trio.move_on_at(deadline):
+                try:
+                    item = await events.__anext__()
+                except StopAsyncIteration:
+                    ended = True
+                else:
+                    batch.append(_item_frame(item))
+                    while True:
+                        try:
+                            batch.append(_item_frame(events.receive_nowait()))
+                        except trio.WouldBlock:
+                            break
+                        except trio.EndOfChannel:
+                            ended = True
+                            break
+            if batch and snapshot_due is None:
+                snapshot_due = trio.current_time() + coalesce
+            if ended or not batch:
+                batch.append(snapshot_frame(sup, limit=limit))
+                snapshot_due = None
+            await emit(batch)
+            if ended:
+                return
+
+
+def _item_frame(item: Event | Lagged) -> Frame:
+    if isinstance(item, Lagged):
+        return {"type": "lagged", "missed": item.missed}
+    return event_frame(item)
