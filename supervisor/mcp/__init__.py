@@ -13,7 +13,9 @@ Transports
         ASGI application: Streamable HTTP (protocol 2025-11-25 and older) routed by
         ``Mcp-Session-Id``, the stateless 2026-07-28 era handed to the SDK's single-exchange
         path, and WebSocket (subprotocol ``"mcp"``, one session per connection) on the same
-        path. Serve it with ``hypercorn.trio.serve`` (or `serve_http`).
+        path. Serve it with ``hypercorn.trio.serve`` (or `serve_http`). Sessions are READY
+        once the client has sent ``notifications/initialized``; see ``docs/mcp.md`` for every
+        status rule.
     `serve_http`
         ``await serve_http(sup, server, host="127.0.0.1", port=8000, ...)``: run `McpHttpApp` on
         hypercorn's trio worker; ``task_status.started(url)`` reports the URL it serves on.
@@ -44,8 +46,9 @@ Server side
     `create_demo_server`
         The built-in demo server (tools ``echo(text)`` and ``counter()``; ``counter`` counts per
         session).
-    `DEFAULT_ALLOWED_HOSTS`, `DEFAULT_ALLOWED_ORIGINS`
-        Loopback defaults of the DNS-rebinding protection.
+    `DEFAULT_ALLOWED_HOSTS`, `DEFAULT_ALLOWED_ORIGINS`, `DEFAULT_MAX_BODY_SIZE`
+        Defaults of `McpHttpApp`: loopback names for the DNS-rebinding protection, and the
+        largest accepted request body (4 MiB).
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ from mcp_types import (
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from .. import (
+    LIVE_STATES,
     CapacityError,
     SessionClosed,
     SessionNotFound,
-    SessionState,
     SupervisorClosed,
     Transport,
 )
@@ -447,11 +447,7 @@ class McpHttpApp:
             return None
         if session.transport is not Transport.HTTP:
             return None
-        if session.state not in (
-            SessionState.CREATED,
-            SessionState.INITIALIZING,
-            SessionState.READY,
-        ):
+        if session.state not in LIVE_STATES:
             return None
         if session.principal != principal:
             logger.warning("request for session %.16s... from another principal", session_id)
