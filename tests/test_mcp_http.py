@@ -633,3 +633,16 @@ async def test_stateless_era_takes_post_only() -> None:
         assert response.status_code == 405
         assert response.headers["allow"] == "POST"
         assert "error" in response.json()
+
+
+async def test_failing_token_verifier_is_a_500_not_a_crash() -> None:
+    async def broken(token: str) -> str | None:
+        raise RuntimeError("verifier down")
+
+    async with serving(app_options={"token_verifier": broken}) as (sup, client):
+        response = await client.post(
+            "/mcp", json=INIT, headers={**ACCEPT, "authorization": "Bearer x"}
+        )
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == types.INTERNAL_ERROR
+        assert len(sup) == 0

@@ -350,7 +350,21 @@ class McpHttpApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            started = False
+
+            async def tracking_send(message: ASGIMessage) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self._http(scope, receive, tracking_send)
+            except Exception:
+                # A bug or a failing token verifier: answer 500 if still possible, never crash
+                # the server's connection task.
+                logger.exception("MCP HTTP request failed")
+                if not started:
+                    await _rpc_error(send, 500, INTERNAL_ERROR, "Internal Server Error")
         elif kind == "websocket":
             from ._websocket import serve_websocket_connection
 
