@@ -96,6 +96,11 @@ def top_main(args: argparse.Namespace) -> int:
         return trio.run(partial(run_top, args.url, token=token, once=args.once))
     except KeyboardInterrupt:
         return 0
+    except BaseExceptionGroup as group:  # Ctrl-C while the view's nursery runs
+        _, rest = group.split(KeyboardInterrupt)
+        if rest is None:
+            return 0
+        raise
 
 
 def _load_metrics(sup: Supervisor, out: TextIO) -> OperatorMetrics | None:
