@@ -76,8 +76,10 @@ def configure_logging(
 ) -> logging.Handler:
     """Send log records of ``level`` and above to ``stream`` (default stderr).
 
-    Installs one handler on the root logger (replacing one installed by an earlier call) and
-    keeps the ``mcp`` SDK's loggers at WARNING or above. Returns the handler.
+    The command line owns its process's logging: this replaces every handler on the root logger
+    (the SDK's ``MCPServer`` installs one when constructed, so an ``--app`` imported first would
+    otherwise log everything twice) with one of its own, and keeps the ``mcp`` SDK's loggers at
+    WARNING or above. Returns the handler.
 
     Raises:
         ValueError: an unknown level or format.
@@ -91,7 +93,7 @@ def configure_logging(
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.set_name("supervisor-ops")
     root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == "supervisor-ops"]:
+    for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
