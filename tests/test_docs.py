@@ -96,3 +96,51 @@ def test_sphinx_build_is_clean(tmp_path: Path) -> None:
     assert "supervisor.mcp.serve_http" in html
     for page in ("index", "tutorial", "operations", "coming-from-typescript", "design", "timeouts"):
         assert (tmp_path / "html" / f"{page}.html").exists(), page
+
+
+README = REPO / "README.md"
+
+
+def test_the_readme_example_runs(tmp_path: Path) -> None:
+    [code] = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (tmp_path / "readme.py").write_text(code)
+    result = subprocess.run(
+        [sys.executable, "readme.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "1"
+    assert "closed done" in result.stdout
+
+
+def test_the_readme_client_works_against_serve(tmp_path: Path) -> None:
+    """The README's "try it" snippet, against ``serve`` on a free port instead of 8000."""
+    [snippet] = re.findall(r"<<'PY'\n(.*?)\nPY\n", README.read_text(), re.S)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "serve", "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert first.startswith("serving MCP on "), first
+        url = first.split()[-1]
+        (tmp_path / "client.py").write_text(snippet.replace("http://127.0.0.1:8000/mcp", url))
+        result = subprocess.run(
+            [sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "['echo', 'counter']",
+            "{'count': 1}",
+            "{'count': 2}",
+            "{'count': 3}",
+        ]
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert "supervisor stopped: 1 sessions created, 1 closed" in out
