@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 PY_DIRS := $(wildcard supervisor tests examples bench scripts)
 
-.PHONY: setup demo serve test test-fast lint typecheck format docs bench conformance-setup clean
+.PHONY: setup demo serve test test-fast soak soak-reduced lint typecheck format docs bench bench-quick conformance-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing trio-session-supervisor with all extras"
@@ -30,6 +30,20 @@ test: setup conformance-setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not conformance"
+
+## Long reliability runs (bounded): load, leaks, floods at full size; writes docs/reliability/figures.json
+soak: setup
+	$(PY) scripts/soak.py
+
+soak-reduced: setup
+	$(PY) scripts/soak.py --reduced
+
+## Benchmarks: docs/benchmarks.md, docs/bench/*.png and results.json (a few minutes)
+bench: setup
+	$(PY) -m bench --out docs/bench
+
+bench-quick: setup
+	$(PY) -m bench --quick --out .bench-quick
 
 lint: setup
 	$(VENV)/bin/ruff check $(PY_DIRS)
