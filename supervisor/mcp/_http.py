@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
 
 import attrs
 import trio
@@ -112,7 +112,8 @@ def _allowed(value: str, patterns: Iterable[str]) -> bool:
             return True
         if pattern.endswith(":*"):
             base = pattern[:-1]
-            if value.startswith(base) and value[len(base) :].isdigit():
+            port = value[len(base) :]
+            if value.startswith(base) and port.isascii() and port.isdigit():
                 return True
     return False
 
@@ -576,7 +577,12 @@ class McpHttpApp:
     async def _read(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The request body, or None when answered here (413, 408) or the client left."""
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_size:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > self.max_body_size
+        ):
             await _rpc_error(send, 413, INVALID_REQUEST, "Payload Too Large")
             return None
         body: bytes | None = None
@@ -702,9 +708,28 @@ class McpHttpApp:
             trio.open_nursery() as requests,
         ):
             handshake = _Handshake(ctx=ctx, track_busy=False)
+            flights = _Flights()
 
             def on_message(message: Message[Any]) -> None:
-                requests.start_soon(_serve_exchange, transport, handshake, message)
+                requests.start_soon(flights.run, _serve_exchange, transport, handshake, message)
+
+            async def drain(cut: Callable[[], None]) -> None:
+                # Asked to close (DELETE, deadline, shutdown): nothing more will be pushed on
+                # the GET stream; requests in flight get the grace period, and those still
+                # running near its end are cut through the SDK, which answers each with a
+                # JSON-RPC error while their response streams are still open.
+                deadline = trio.current_effective_deadline()
+                margin = min(_CUT_MARGIN, (deadline - trio.current_time()) / 4)
+                with trio.move_on_at(deadline - margin):
+                    while flights.count:
+                        # Again and again: a GET that was on its way in registers its stream
+                        # only once its response has started.
+                        transport.close_standalone_sse_stream()
+                        with trio.move_on_after(_GET_RECHECK):
+                            await flights.idle()
+                if flights.count:
+                    cut()
+                    await flights.idle()
 
             try:
                 await _serve_session(
@@ -716,11 +741,46 @@ class McpHttpApp:
                     transport=Transport.HTTP,
                     handshake_only=True,
                     on_message=on_message,
+                    drain=drain,
                 )
             finally:
+                # Leaving transport.connect() closes the session's streams. (Not terminate():
+                # it logs the full session id at INFO.)
                 requests.cancel_scope.cancel()
-                with trio.CancelScope(shield=True):
-                    await transport.terminate()
+
+
+#: Before the close grace runs out, requests still in flight are cut this much earlier (at most a
+#: quarter of the grace), so their clients get a JSON-RPC error rather than a dropped stream.
+_CUT_MARGIN = 0.5
+
+#: While draining, how often the GET stream is closed again (one may register late).
+_GET_RECHECK = 0.05
+
+
+@final
+class _Flights:
+    """Counts a session's HTTP requests in flight; `idle` waits until there are none."""
+
+    __slots__ = ("_idle", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def run(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self.count == 0:
+            self._idle = trio.Event()
+        self.count += 1
+        try:
+            await fn(*args)
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
 
 
 async def _serve_exchange(
@@ -757,6 +817,8 @@ async def serve_http(
     port: int = 8000,
     path: str = "/mcp",
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    wrap: Callable[[McpHttpApp], Any] | None = None,
+    graceful_timeout: float | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     **app_options: Any,
 ) -> None:
@@ -766,19 +828,31 @@ async def serve_http(
     ``http://127.0.0.1:54321/mcp``) once the socket is listening, so
     ``url = await nursery.start(partial(serve_http, sup, server, port=0))`` works. Other
     keywords go to `McpHttpApp`.
+
     Returning does not close the supervisor's sessions: that is the supervisor's block's job.
+    For a graceful stop, fire ``shutdown_trigger`` and call ``sup.shutdown()`` concurrently:
+    hypercorn stops listening and waits up to ``graceful_timeout`` (default: the supervisor's
+    ``shutdown_grace`` plus one second) for open requests, while the sessions let theirs finish
+    within the grace period and answer the rest with a JSON-RPC error.
+
+    Args:
+        wrap: Called with the app; its result (an ASGI middleware around it) is served instead.
+        graceful_timeout: Seconds hypercorn waits for open connections after the trigger.
     """
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
     app = McpHttpApp(supervisor, server, path=path, **app_options)
+    served: Any = app if wrap is None else wrap(app)
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logger
-    config.graceful_timeout = 1.0
+    if graceful_timeout is None:
+        graceful_timeout = supervisor.config.shutdown_grace + 1.0
+    config.graceful_timeout = graceful_timeout
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(
-            partial(serve, cast(Any, app), config, shutdown_trigger=shutdown_trigger)
+            partial(serve, served, config, shutdown_trigger=shutdown_trigger)
         )
         task_status.started(binds[0] + path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, final
@@ -426,41 +426,49 @@ async def _serve_session(
     on_message: Callable[[Message[Any]], None] | None,
     init_options: InitializationOptions | None = None,
     raise_exceptions: bool = False,
+    drain: Callable[[Callable[[], None]], Awaitable[None]] | None = None,
 ) -> None:
-    """`run_mcp_session` with the handshake observer supplied by the caller (HTTP reads it)."""
+    """`run_mcp_session` with the handshake observer supplied by the caller (HTTP reads it).
+
+    ``drain(cut)``, when given, runs once the session is asked to close, before the protocol
+    loop is cancelled; ``cut()`` ends the protocol loop early (see McpHttpApp).
+    """
     session = McpSession(context=ctx, transport=transport or ctx.session.transport)
     _CURRENT.set(session)
     lowlevel = resolve_server(server)
     reader = _ObservedReadStream(read_stream, handshake, session)
     writer = _ObservedWriteStream(write_stream, handshake)
     eof = False
+    protocol_scope = trio.CancelScope()
     try:
         async with lowlevel.lifespan(lowlevel) as lifespan_state, trio.open_nursery() as nursery:
 
             async def protocol() -> None:
                 nonlocal eof
-                if handshake_only:
-                    await serve_loop(
-                        lowlevel,
-                        reader,
-                        writer,
-                        lifespan_state=lifespan_state,
-                        session_id=ctx.id,
-                        init_options=init_options,
-                        raise_exceptions=raise_exceptions,
-                    )
-                else:
-                    await serve_dual_era_loop(
-                        lowlevel,
-                        reader,
-                        writer,
-                        lifespan_state=lifespan_state,
-                        session_id=ctx.id,
-                        init_options=init_options,
-                        raise_exceptions=raise_exceptions,
-                    )
-                eof = True
-                nursery.cancel_scope.cancel()
+                with protocol_scope:
+                    if handshake_only:
+                        await serve_loop(
+                            lowlevel,
+                            reader,
+                            writer,
+                            lifespan_state=lifespan_state,
+                            session_id=ctx.id,
+                            init_options=init_options,
+                            raise_exceptions=raise_exceptions,
+                        )
+                    else:
+                        await serve_dual_era_loop(
+                            lowlevel,
+                            reader,
+                            writer,
+                            lifespan_state=lifespan_state,
+                            session_id=ctx.id,
+                            init_options=init_options,
+                            raise_exceptions=raise_exceptions,
+                        )
+                    # The client went away (EOF): the session is over.
+                    eof = True
+                    nursery.cancel_scope.cancel()
 
             nursery.start_soon(protocol)
             async for message in ctx.mailbox:
@@ -468,6 +476,11 @@ async def _serve_session(
                     on_message(message)
                 elif message.expects_reply:
                     message.fail(TypeError("this MCP session takes no mailbox requests"))
+            # Asked to close. With a drain hook, in-flight work gets the grace period first; the
+            # hook may end the protocol loop early (handlers cancelled by the SDK get a JSON-RPC
+            # error) while the transport still delivers.
+            if drain is not None:
+                await drain(protocol_scope.cancel)
             nursery.cancel_scope.cancel()
     finally:
         handshake.release_all()
