@@ -102,6 +102,9 @@ async def test_admin_endpoint_serves_metrics_and_a_truncated_snapshot(
         assert row["id"] == session.id[:8] and row["principal"] == "alice"
         assert (row["age"], row["idle"], row["expires_in"]) == (2.0, 2.0, 28.0)
         assert session.id not in (await asgi_get(app, "/sessions")).text
+        assert (await asgi_get(app, "/sessions?limit=0")).json()["more"] == 1
+        odd = await asgi_get(app, "/sessions?limit=\u00b9")  # a digit, but not ASCII
+        assert odd.status_code == 200 and odd.json()["more"] == 0
         assert (await asgi_get(app, "/")).status_code == 200
         assert (await asgi_get(app, "/nope")).status_code == 404
         no_metrics = AdminApp(sup, None)

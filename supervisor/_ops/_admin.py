@@ -158,7 +158,7 @@ class AdminApp:
         path = str(scope.get("path", "/")).rstrip("/") or "/"
         query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
         limit = self.limit
-        if "limit" in query and query["limit"][0].isdigit():
+        if "limit" in query and query["limit"][0].isascii() and query["limit"][0].isdigit():
             limit = min(int(query["limit"][0]), 10_000)
         if path == "/":
             await _respond(send, 200, _INDEX)
