@@ -164,13 +164,6 @@ async def test_sigterm_while_calls_are_in_flight(figures: Figures) -> None:
     assert outcomes["long:ok"] == 0  # cut at the grace period
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="adapter gap: closing an HTTP session (shutdown included) cancels its in-flight "
-    "requests at once (run_mcp_session cancels the protocol loop when the mailbox ends; "
-    "McpHttpApp._actor cancels the request tasks), so calls that would finish inside the grace "
-    "period are cut, and cut calls get a dropped connection instead of a JSON-RPC error",
-)
 async def test_sigterm_lets_short_calls_finish_and_answers_long_ones(figures: Figures) -> None:
     n_sessions = 10
     result = await sigterm_scenario(n_sessions)
