@@ -181,7 +181,7 @@ class OperatorMetrics:
         """The text exposition format (serve with `CONTENT_TYPE`)."""
         return generate_latest(self.registry)
 
-    def timed(self, app: ASGIApp) -> TimedApp:
+    def timed(self, app: Any) -> TimedApp:
         """``app`` wrapped so its POST and DELETE requests feed the request histogram."""
         return TimedApp(app, self.request_duration)
 

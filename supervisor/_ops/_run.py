@@ -226,14 +226,11 @@ class Operations:
             "shutdown_trigger": stop.wait,
             "task_status": task_status,
         }
-        if self.metrics is None:
-            from ..mcp import serve_http
+        if self.metrics is not None:
+            options["wrap"] = self.metrics.timed
+        from ..mcp import serve_http
 
-            await serve_http(sup, server, **options)
-        else:
-            from ._serve import serve_mcp
-
-            await serve_mcp(sup, server, metrics=self.metrics, **options)
+        await serve_http(sup, server, **options)
 
     async def drained(self) -> None:
         """After shutdown: let the admin endpoint send its last frames and stop (1 s at most)."""
