@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 PY_DIRS := $(wildcard supervisor tests examples bench scripts)
 
-.PHONY: setup demo serve test test-fast soak soak-reduced lint typecheck format docs bench bench-quick conformance-setup clean
+.PHONY: setup demo serve top test test-fast soak soak-reduced lint typecheck format docs bench bench-quick conformance-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing trio-session-supervisor with all extras"
@@ -22,7 +22,15 @@ conformance-setup:
 
 ## The main job: the demo MCP server on http://127.0.0.1:8000/mcp
 demo serve: setup
-	$(PY) -m supervisor serve --host 127.0.0.1 --port 8000
+	$(PY) -m supervisor serve --host 127.0.0.1 --port 8000 --admin-port 8001
+
+## Live view of `make demo` (run in a second terminal)
+top: setup
+	$(PY) -m supervisor top --url http://127.0.0.1:8001
+
+## The documentation site (warnings are errors, as in CI)
+docs: setup
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 ## Every test (sets up Python packages and the Node-based conformance suite first)
 test: setup conformance-setup
