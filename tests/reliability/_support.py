@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import attrs
 import mcp_types as types
@@ -331,3 +334,228 @@ async def asgi_request(
         with trio.fail_after(linger):
             await returned.wait()
     return response
+
+
+# -- load clients in their own processes -----------------------------------------------------------
+#
+# The load test's clients run as subprocesses (``python -m tests.reliability._support load-client``)
+# so the server's process holds only the server: clients in the same process double its heap and
+# compete with it for the GIL.
+
+
+@attrs.define
+class LoadResult:
+    """What the load clients measured, all processes together."""
+
+    calls: int = 0
+    errors: dict[str, int] = attrs.field(factory=dict)
+    latencies: list[float] = attrs.field(factory=list)
+    ids: list[str] = attrs.field(factory=list)
+    deleted: list[str] = attrs.field(factory=list)
+
+
+async def run_load_clients(
+    url: str,
+    sessions: int,
+    seconds: float,
+    pause: float,
+    *,
+    ramp: float,
+    processes: int,
+    request_timeout: float = 30.0,
+) -> LoadResult:
+    """Run ``sessions`` clients in ``processes`` subprocesses against ``url`` (127.0.0.1 only).
+
+    Session ``i`` opens at ``ramp * i / sessions`` s, then calls the ``counter`` tool (expecting
+    ``count == n`` on its n-th call) every ``pause`` s until ``seconds`` after the start; the
+    even-numbered ones DELETE their session at the end, the others leave it to expire.
+    """
+    if urlsplit(url).hostname != "127.0.0.1":
+        raise ValueError("load clients only talk to 127.0.0.1")
+    result = LoadResult()
+
+    async def one(k: int) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "tests.reliability._support",
+            "load-client",
+            json.dumps(
+                {
+                    "url": url,
+                    "sessions": sessions,
+                    "process": k,
+                    "processes": processes,
+                    "seconds": seconds,
+                    "pause": pause,
+                    "ramp": ramp,
+                    "request_timeout": request_timeout,
+                }
+            ),
+        ]
+        done = await trio.run_process(
+            command, cwd=REPO, capture_stdout=True, capture_stderr=True, check=False
+        )
+        if done.returncode != 0:
+            key = f"client process exit {done.returncode}"
+            result.errors[key] = result.errors.get(key, 0) + 1
+            print(done.stderr.decode(errors="replace")[-2000:], file=sys.stderr)
+            return
+        report = json.loads(done.stdout)
+        result.calls += report["calls"]
+        for kind, n in report["errors"].items():
+            result.errors[kind] = result.errors.get(kind, 0) + n
+        result.latencies.extend(report["latencies"])
+        result.ids.extend(report["ids"])
+        result.deleted.extend(report["deleted"])
+
+    async with trio.open_nursery() as nursery:
+        for k in range(processes):
+            nursery.start_soon(one, k)
+    return result
+
+
+class _H11Client:
+    """One keep-alive HTTP/1.1 connection (h11 over a trio socket)."""
+
+    def __init__(self, host: str, port: int, path: str) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.stream: trio.SocketStream | None = None
+        self.conn: Any = None
+
+    async def request(
+        self, method: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        import h11
+
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream(self.host, self.port)
+            self.conn = h11.Connection(h11.CLIENT)
+        conn = self.conn
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = [("Host", f"{self.host}:{self.port}"), ("Content-Length", str(len(payload)))]
+        head += list((headers or {}).items())
+        data = conn.send(h11.Request(method=method, target=self.path, headers=head))
+        data += conn.send(h11.Data(data=payload)) if payload else b""
+        data += conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+        status = 0
+        response_headers: dict[str, str] = {}
+        chunks: list[bytes] = []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                response_headers = {
+                    bytes(k).decode("latin-1"): bytes(v).decode("latin-1") for k, v in event.headers
+                }
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise OSError("connection closed by the server")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        else:
+            await self.aclose()
+        return status, response_headers, b"".join(chunks)
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+            self.stream = None
+
+
+async def _load_client(options: dict[str, Any]) -> dict[str, Any]:
+    """One client process of `run_load_clients`: sessions ``process``, ``process + processes``..."""
+    import h11
+
+    parts = urlsplit(options["url"])
+    assert parts.hostname == "127.0.0.1" and parts.port is not None
+    sessions: int = options["sessions"]
+    pause: float = options["pause"]
+    ramp: float = options["ramp"]
+    timeout: float = options["request_timeout"]
+    errors: dict[str, int] = {}
+    latencies: list[float] = []
+    ids: list[str] = []
+    deleted: list[str] = []
+    calls = 0
+    start = trio.current_time()
+    stop_at = start + options["seconds"]
+
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    async def client(i: int) -> None:
+        nonlocal calls
+        await trio.sleep_until(start + ramp * i / sessions)
+        http = _H11Client("127.0.0.1", parts.port or 80, parts.path)
+        try:
+            with trio.fail_after(timeout):
+                status, headers, _ = await http.request("POST", INIT, ACCEPT)
+            if status != 200:
+                error(f"initialize {status}")
+                return
+            session_id = headers["mcp-session-id"]
+            ids.append(session_id)
+            session = session_headers(session_id)
+            with trio.fail_after(timeout):
+                status, _, _ = await http.request("POST", INITIALIZED, session)
+            if status != 202:
+                error(f"initialized {status}")
+            n = 0
+            while trio.current_time() < stop_at:
+                n += 1
+                began = time.perf_counter()
+                with trio.fail_after(timeout):
+                    status, headers, body = await http.request(
+                        "POST", tool_call("counter", {}, request_id=n), session
+                    )
+                latencies.append(time.perf_counter() - began)
+                if status != 200:
+                    error(f"call {status}")
+                    continue
+                [message] = rpc_messages(headers.get("content-type", ""), body)
+                if message.get("result", {}).get("structuredContent") != {"count": n}:
+                    error("wrong answer")
+                calls += 1
+                await trio.sleep(pause)
+            if i % 2 == 0:
+                with trio.fail_after(timeout):
+                    status, _, _ = await http.request("DELETE", None, session)
+                if status != 200:
+                    error(f"delete {status}")
+                else:
+                    deleted.append(session_id)
+        except (OSError, ValueError, KeyError, h11.ProtocolError, trio.TooSlowError) as exc:
+            error(type(exc).__name__)
+        finally:
+            await http.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(options["process"], sessions, options["processes"]):
+            nursery.start_soon(client, i)
+    return {
+        "calls": calls,
+        "errors": errors,
+        "latencies": latencies,
+        "ids": ids,
+        "deleted": deleted,
+    }
+
+
+def _main(argv: Sequence[str]) -> int:
+    if len(argv) == 2 and argv[0] == "load-client":
+        report = trio.run(_load_client, json.loads(argv[1]))
+        json.dump(report, sys.stdout)
+        return 0
+    print("usage: python -m tests.reliability._support load-client OPTIONS_JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
