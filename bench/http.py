@@ -110,6 +110,11 @@ async def _serve(kind: str, port: int) -> None:
                 await _stdin_closed()
                 nursery.cancel_scope.cancel()
             return
+        # The same collector setting serve_http applies to ours (its default gc_threshold), so
+        # the comparison measures the servers, not the collector.
+        import gc
+
+        gc.set_threshold(20_000, *gc.get_threshold()[1:])
         from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
         from mcp.server.transport_security import TransportSecuritySettings
 
