@@ -830,6 +830,7 @@ async def serve_http(
     wrap: Callable[[McpHttpApp], Any] | None = None,
     graceful_timeout: float | None = None,
     keep_alive_timeout: float = _KEEP_ALIVE_TIMEOUT,
+    backlog: int = 1024,
     read_timeout: float | None = None,
     gc_threshold: int | None = _GC_THRESHOLD,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -855,6 +856,8 @@ async def serve_http(
             are complete: an idle keep-alive connection, and a client trickling its headers
             (slowloris), are closed after this long. Open responses (a GET stream, a long tool
             call) are not affected. A slow body is bounded by the app's ``body_timeout``.
+        backlog: connections the kernel queues before hypercorn accepts them (hypercorn's
+            default is 100; a burst of clients beyond it is reset by the kernel).
         read_timeout: hypercorn's ``read_timeout``: seconds any single read from a client may
             wait, *including* while a response is being streamed, when clients are silent.
             Leave it ``None`` (the default) unless no GET stream or request ever lasts that
@@ -881,6 +884,9 @@ async def serve_http(
     if not keep_alive_timeout > 0:
         raise ValueError("keep_alive_timeout must be a positive number of seconds")
     config.keep_alive_timeout = keep_alive_timeout
+    if not backlog > 0:
+        raise ValueError("backlog must be a positive number of connections")
+    config.backlog = backlog
     if read_timeout is not None and not read_timeout > 0:
         raise ValueError("read_timeout must be a positive number of seconds or None")
     config.read_timeout = read_timeout  # type: ignore[assignment]  # hypercorn says int

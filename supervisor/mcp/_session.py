@@ -267,8 +267,28 @@ def _as_dict(value: Any) -> dict[str, Any] | None:
     return dict(value) if isinstance(value, Mapping) else None
 
 
+class _ClosesOnExit:
+    """``async with`` closes the stream (what the SDK expects of its streams)."""
+
+    __slots__ = ()
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
 @final
-class _ObservedReadStream:
+class _ObservedReadStream(_ClosesOnExit):
     """Read side handed to the SDK: reports each message, and runs handlers in this session.
 
     The SDK's dispatcher starts each handler in the *sender's* context (``last_context``), which
@@ -311,21 +331,9 @@ class _ObservedReadStream:
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool | None:
-        await self.aclose()
-        return None
-
 
 @final
-class _ObservedWriteStream:
+class _ObservedWriteStream(_ClosesOnExit):
     """Write side handed to the SDK: reports each outgoing message before it leaves."""
 
     __slots__ = ("_handshake", "_inner")
@@ -340,18 +348,6 @@ class _ObservedWriteStream:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool | None:
-        await self.aclose()
-        return None
 
 
 async def run_mcp_session(
