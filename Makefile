@@ -32,9 +32,11 @@ top: setup
 docs: setup
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
-## Every test (sets up Python packages and the Node-based conformance suite first)
+## Every test (sets up Python packages and the Node-based conformance suite first), then the
+## reliability soak tests at reduced size (they are skipped in the plain pytest run)
 test: setup conformance-setup
 	$(PY) -m pytest -q
+	$(PY) scripts/soak.py --reduced
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not conformance"
