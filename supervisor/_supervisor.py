@@ -386,26 +386,25 @@ class Supervisor:
         """The actor and its tasks are done: publish the terminal event and free the slot."""
         now = trio.current_time()
         if session._error is not None:
-            kind = EventKind.FAILED
-            reason = session._error_reason
-            self._transition(session, _S.ERROR, now)
+            kind, reason = EventKind.FAILED, session._error_reason
             self._failed_total += 1
+        elif session._close_reason is not None:
+            kind, reason = EventKind.CLOSED, session._close_reason
+            self._closed_total += 1
+        elif session._scope.cancel_called:
+            kind, reason = EventKind.EXPIRED, self._expiry_reason(session, now)
+            self._expired_total += 1
         else:
-            if session._close_reason is not None:
-                kind, reason = EventKind.CLOSED, session._close_reason
-                self._closed_total += 1
-            elif session._scope.cancel_called:
-                kind, reason = EventKind.EXPIRED, self._expiry_reason(session, now)
-                self._expired_total += 1
-            else:
-                kind, reason = EventKind.CLOSED, "actor-returned"
-                self._closed_total += 1
-            if session._close_reason is None:
-                session._close_reason = reason
+            kind, reason = EventKind.CLOSED, "actor-returned"
+            self._closed_total += 1
+        # Set before the last transitions so their snapshots already say why the session ends.
+        session._close_reason = reason
+        if kind is EventKind.FAILED:
+            self._transition(session, _S.ERROR, now)
+        else:
             if session._state is not _S.CLOSING:
                 self._transition(session, _S.CLOSING, now)
             self._transition(session, _S.CLOSED, now)
-        session._close_reason = reason
         session._ended = True
         del self._sessions[session._id]
         self._by_state[session._state] -= 1
