@@ -31,18 +31,18 @@ from mcp_types import jsonrpc_message_adapter
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from supervisor import (
-    Event,
     EventKind,
-    Lagged,
     SessionState,
-    Subscription,
     Supervisor,
     Transport,
     open_supervisor,
 )
 from supervisor.mcp import create_demo_server, serve_http
 
+from ._mcp_helpers import counter, wait_for
+
 REPO = Path(__file__).resolve().parents[1]
+
 TIMEOUT = 30  # seconds; generous for a loaded 2-core machine
 
 
@@ -57,23 +57,6 @@ async def http_server(
         )
         yield sup, url
         nursery.cancel_scope.cancel()
-
-
-async def counter(client: Client | ClientSession) -> int:
-    result = await client.call_tool("counter", {})
-    assert isinstance(result.structured_content, dict)
-    count = result.structured_content["count"]
-    assert isinstance(count, int)
-    return count
-
-
-async def wait_for(events: Subscription, kind: EventKind, session_id: str) -> Event:
-    async for item in events:
-        if isinstance(item, Lagged):  # pragma: no cover
-            continue
-        if item.kind is kind and item.session_id == session_id:
-            return item
-    raise AssertionError("subscription ended")  # pragma: no cover
 
 
 # -- Streamable HTTP ----------------------------------------------------------------------------

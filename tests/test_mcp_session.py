@@ -23,11 +23,8 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
 from supervisor import (
-    Event,
     EventKind,
-    Lagged,
     SessionState,
-    Subscription,
     Supervisor,
     Transport,
     open_supervisor,
@@ -41,22 +38,7 @@ from supervisor.mcp import (
     serve_stdio,
 )
 
-
-async def counter(client: ClientSession | Client) -> int:
-    result = await client.call_tool("counter", {})
-    assert isinstance(result.structured_content, dict)
-    count = result.structured_content["count"]
-    assert isinstance(count, int)
-    return count
-
-
-async def wait_for(events: Subscription, kind: EventKind, session_id: str) -> Event:
-    async for item in events:
-        if isinstance(item, Lagged):  # pragma: no cover
-            continue
-        if item.kind is kind and item.session_id == session_id:
-            return item
-    raise AssertionError("subscription ended")  # pragma: no cover
+from ._mcp_helpers import counter, wait_for
 
 
 def tool_server(name: str, handler: Any) -> Server[Any]:
