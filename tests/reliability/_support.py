@@ -8,6 +8,7 @@ cancel a request at any await point.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit
 
 import attrs
@@ -77,6 +78,57 @@ class Figures:
     def update(self, **values: Any) -> None:
         for name, value in values.items():
             self[name] = value
+
+
+# -- log output of the long runs -------------------------------------------------------------------
+
+#: (logger name prefix, message template prefix) of records the floods provoke by design: a
+#: refused ``initialize`` at capacity is the behaviour under test, logged once per refusal.
+EXPECTED_RECORDS: tuple[tuple[str, str], ...] = (("supervisor.mcp", "refused a new session"),)
+
+
+class ExpectedLogRecords(logging.Handler):
+    """Counts expected records by message template instead of printing them; prints the rest.
+
+    Installed on the root logger for the soak runs (``scripts/soak.py`` disables pytest's log
+    capture so progress streams live): a flood test's ten thousand refusals become one count
+    line, while every other record at WARNING or above is written to ``stream`` as it happens.
+    """
+
+    def __init__(
+        self,
+        expected: tuple[tuple[str, str], ...] = EXPECTED_RECORDS,
+        stream: TextIO | None = None,
+    ) -> None:
+        super().__init__(logging.NOTSET)
+        self.expected = expected
+        self.stream = stream
+        self.counts: dict[str, int] = {}
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        template = str(record.msg)
+        if any(
+            record.name.startswith(logger) and template.startswith(message)
+            for logger, message in self.expected
+        ):
+            self.counts[template] = self.counts.get(template, 0) + 1
+            return
+        if record.levelno < logging.WARNING:
+            return
+        try:
+            stream = self.stream or sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def summary(self) -> list[str]:
+        """One line per expected message template that was counted."""
+        return [
+            f"expected log records (counted, not shown): {count:,} x {template!r}"
+            for template, count in sorted(self.counts.items())
+        ]
 
 
 def progress(text: str) -> None:

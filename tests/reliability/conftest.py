@@ -3,19 +3,27 @@
 Soak tests (``@pytest.mark.soak``) are skipped unless ``--soak`` is given or the environment has
 ``SOAK=1`` (full size) or ``SOAK=reduced`` (CI size). Every test may record figures with the
 ``figures`` fixture; they are printed in the terminal summary and, when ``RELIABILITY_FIGURES``
-names a file, written there as JSON (``scripts/soak.py`` does this).
+names a file, written there as JSON (``scripts/soak.py`` does this). Nothing is written into the
+work tree: ``scripts/soak.py`` decides where the file goes.
+
+In soak mode, records the floods provoke by design (``refused a new session``) are counted by
+`ExpectedLogRecords` and reported as one line in the summary; every other warning or error is
+printed as it happens.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ._support import FIGURES, Figures, soak_mode
+from ._support import FIGURES, ExpectedLogRecords, Figures, soak_mode
+
+_EXPECTED_RECORDS = ExpectedLogRecords()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,6 +42,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.getoption("--soak", default=False) and not os.environ.get("SOAK"):
         os.environ["SOAK"] = "1"
+    if soak_mode() != "off":
+        logging.getLogger().addHandler(_EXPECTED_RECORDS)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    logging.getLogger().removeHandler(_EXPECTED_RECORDS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,6 +66,8 @@ def figures(request: pytest.FixtureRequest) -> Figures:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _EXPECTED_RECORDS.summary():
+        terminalreporter.write_line(line)
     if not FIGURES:
         return
     terminalreporter.section("reliability figures")
