@@ -20,9 +20,12 @@ setup: $(STAMP)
 conformance-setup:
 	@if [ -x scripts/setup-conformance.sh ] || [ -f scripts/setup-conformance.sh ]; then bash scripts/setup-conformance.sh; fi
 
-## The main job: the demo MCP server on http://127.0.0.1:8000/mcp
+## The main job: the demo MCP server on http://127.0.0.1:8000/mcp, with a short idle timeout
+## so `make top` shows sessions expiring (60 s after their last request; serve's default is 1800)
+DEMO_IDLE_TIMEOUT ?= 60
 demo serve: setup
-	$(PY) -m supervisor serve --host 127.0.0.1 --port 8000 --admin-port 8001
+	$(PY) -m supervisor serve --host 127.0.0.1 --port 8000 --admin-port 8001 \
+		--idle-timeout $(DEMO_IDLE_TIMEOUT)
 
 ## Live view of `make demo` (run in a second terminal)
 top: setup

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,21 +21,80 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 TUTORIAL = DOCS / "tutorial.md"
+README = REPO / "README.md"
 
 _BLOCK = re.compile(
     r"```python\n(?P<code>.*?)```\n(?:\s*It prints:\s*\n\s*```text\n(?P<output>.*?)```)?", re.S
 )
 
 
-def tutorial_blocks() -> list[tuple[str, str, str | None]]:
-    """(name, code, expected output or None) for each python block, in order."""
+def tutorial_blocks(page: Path = TUTORIAL) -> list[tuple[str, str, str | None]]:
+    """(name, code, expected output or None) for each python block of ``page``, in order."""
     blocks = []
-    for index, match in enumerate(_BLOCK.finditer(TUTORIAL.read_text()), start=1):
+    for index, match in enumerate(_BLOCK.finditer(page.read_text()), start=1):
         code = match.group("code")
         file = re.match(r"# file: (\S+)\n", code)
         name = file.group(1) if file else f"step_{index}.py"
         blocks.append((name, code, match.group("output")))
     return blocks
+
+
+#: The widest code line the docs' content column shows without cutting it off (furo, 1200 px).
+CODE_WIDTH = 76
+
+
+def code_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every line inside a fenced code block of ``path``."""
+    lines, inside = [], False
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.lstrip().startswith("```"):
+            inside = not inside
+            continue
+        if inside:
+            lines.append((number, line))
+    return lines
+
+
+@pytest.mark.parametrize("page", ["index.md", "tutorial.md"])
+def test_code_blocks_fit_the_column(page: str) -> None:
+    too_wide = [
+        f"{page}:{number}: {len(line)} > {CODE_WIDTH}: {line}"
+        for number, line in code_lines(DOCS / page)
+        if len(line) > CODE_WIDTH
+    ]
+    assert not too_wide, "\n".join(too_wide)
+
+
+def test_the_landing_page_shows_what_it_is_before_the_contents(tmp_path: Path) -> None:
+    text = (DOCS / "index.md").read_text()
+    before = text[: text.index("{toctree}")]
+    assert "```python" in before, "no code example before the table of contents"
+    assert "```text" in before, "no output (what it looks like) before the table of contents"
+    assert "](_static/top.svg)" in before, "no picture of the demo before the contents"
+    assert (DOCS / "_static" / "top.svg").read_text().lstrip().startswith("<svg")
+    [(name, code, expected)] = tutorial_blocks(DOCS / "index.md")
+    assert expected is not None
+    (tmp_path / name).write_text(code)
+    result = subprocess.run(
+        [sys.executable, name], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected.strip()
+
+
+def test_install_instructions_work_before_the_package_is_published() -> None:
+    """No page tells a user to install the distribution by name from the registry (it is not
+    published): installs are from a checkout or a built wheel, as tests/test_packaging.py does.
+    """
+    for page in (README, TUTORIAL, DOCS / "index.md"):
+        text = page.read_text()
+        by_name = re.findall(r"pip install [\"']?trio-session-supervisor\b", text)
+        assert not by_name, f"{page.name}: {by_name}"
+    tutorial = TUTORIAL.read_text()
+    assert 'pip install -e ".[mcp,cli,metrics]"' in tutorial
+    assert "python -m build" in tutorial
+    assert "dist/trio_session_supervisor-" in tutorial
+    assert 'pip install -e ".[mcp]"' in README.read_text()
 
 
 def test_the_tutorial_has_runnable_blocks_with_shown_output() -> None:
@@ -63,7 +123,7 @@ def test_the_tutorial_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_sphinx_build_is_clean(tmp_path: Path) -> None:
-    missing = [m for m in ("sphinx", "myst_parser") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("sphinx", "myst_parser", "furo") if importlib.util.find_spec(m) is None]
     if missing:
         message = f"the [docs] extra is not installed (missing {', '.join(missing)})"
         if os.environ.get("CI"):
@@ -96,9 +156,8 @@ def test_sphinx_build_is_clean(tmp_path: Path) -> None:
     assert "supervisor.mcp.serve_http" in html
     for page in ("index", "tutorial", "operations", "coming-from-typescript", "design", "timeouts"):
         assert (tmp_path / "html" / f"{page}.html").exists(), page
-
-
-README = REPO / "README.md"
+    # The furo theme (as attrs uses): its stylesheet is linked from every page.
+    assert "styles/furo.css" in (tmp_path / "html" / "index.html").read_text()
 
 
 def test_the_readme_example_runs(tmp_path: Path) -> None:
@@ -112,35 +171,75 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     assert "closed done" in result.stdout
 
 
-def test_the_readme_client_works_against_serve(tmp_path: Path) -> None:
-    """The README's "try it" snippet, against ``serve`` on a free port instead of 8000."""
-    [snippet] = re.findall(r"<<'PY'\n(.*?)\nPY\n", README.read_text(), re.S)
+def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
+    """The README's "try it" snippets against ``serve`` on a free port instead of 8000, with the
+    idle timeout of ``make demo`` shortened: the official client's session ends closed, the idle
+    client's expires (``idle-timeout``), as the README says ``top`` shows.
+    """
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^DEMO_IDLE_TIMEOUT \?= 60$", makefile, re.M)
+    assert "--idle-timeout $(DEMO_IDLE_TIMEOUT)" in makefile
+    assert "expires 60 seconds after its last request" in " ".join(README.read_text().split())
+    official, idle = re.findall(r"<<'PY'\n(.*?)\nPY\n", README.read_text(), re.S)
     server = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "serve", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "serve",
+            "--port",
+            "0",
+            "--idle-timeout",
+            "1",
+            "--log-level",
+            "info",
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    # Bounds every blocking read below: a hung server is killed, its pipes close.
+    watchdog = threading.Timer(90, server.kill)
+    watchdog.start()
     try:
-        assert server.stdout is not None
+        assert server.stdout is not None and server.stderr is not None
         first = server.stdout.readline()
         assert first.startswith("serving MCP on "), first
         url = first.split()[-1]
-        (tmp_path / "client.py").write_text(snippet.replace("http://127.0.0.1:8000/mcp", url))
-        result = subprocess.run(
-            [sys.executable, "client.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.splitlines() == [
+        outputs = []
+        for name, snippet in (("official.py", official), ("idle.py", idle)):
+            (tmp_path / name).write_text(snippet.replace("http://127.0.0.1:8000/mcp", url))
+            result = subprocess.run(
+                [sys.executable, name], cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
+            assert result.returncode == 0, result.stderr
+            outputs.append(result.stdout.splitlines())
+        assert outputs[0] == [
             "['echo', 'counter']",
             "{'count': 1}",
             "{'count': 2}",
             "{'count': 3}",
         ]
-    finally:
+        [line] = outputs[1]
+        left = re.fullmatch(r"left session (\S{8}) idle", line)
+        assert left, line
+        expired = f"session expired session={left[1]} "
+        log = []
+        for entry in server.stderr:  # the serve log, until the idle session's expiry
+            log.append(entry)
+            if expired in entry:
+                assert "reason=idle-timeout" in entry, entry
+                break
+        else:
+            pytest.fail("the idle session never expired:\n" + "".join(log))
         server.terminate()
         out, _ = server.communicate(timeout=30)
+    finally:
+        watchdog.cancel()
+        if server.poll() is None:
+            server.kill()
+            server.wait(timeout=10)
     assert server.returncode == 0
-    assert "supervisor stopped: 1 sessions created, 1 closed" in out
+    assert "supervisor stopped: 2 sessions created, 1 closed, 1 expired" in out
