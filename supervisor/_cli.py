@@ -1,9 +1,16 @@
 """``python -m supervisor``: the command line (``serve``, ``top``).
 
 ``serve`` runs an MCP server on a supervisor: Streamable HTTP (and WebSocket) with hypercorn's
-trio worker, or one session over stdio with ``--stdio``. SIGINT/SIGTERM shut down gracefully (the
-supervisor closes every session, the HTTP server stops listening), print a one-line summary of
-the totals and exit 0; a second signal cancels whatever is left at once.
+trio worker, or one session over stdio with ``--stdio``. The first SIGINT/SIGTERM shuts down
+gracefully (the supervisor closes every session and gives requests in flight the grace period,
+the HTTP server stops listening); a second one cancels whatever is left at once. Either way the
+process prints a one-line summary of the totals and exits 0. Should something ignore the
+cancellation, the process exits with status 1 `FORCE_EXIT_AFTER` seconds after the second
+signal.
+
+Who may connect: loopback by default. ``--allowed-hosts``/``--allowed-origins`` open it to named
+hosts, ``--auth-token-file``/``--auth`` require bearer tokens, and a bind that is not loopback
+is refused without authentication unless ``--allow-unauthenticated`` (see ``_ops._auth``).
 
 ``top`` draws a live view of a server started with ``--admin-port``. The operator options of
 ``serve`` (admin endpoint with Prometheus metrics, ``--log-level``, ``--log-format``, ``--top``)
@@ -14,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
@@ -23,9 +33,22 @@ from typing import TYPE_CHECKING, Any, TextIO
 import trio
 
 if TYPE_CHECKING:
+    from . import Supervisor
+    from ._ops._run import Operations
     from .mcp import ServerSource
 
-__all__ = ["build_parser", "load_app", "main"]
+__all__ = ["DEFAULT_INIT_TIMEOUT", "FORCE_EXIT_AFTER", "build_parser", "load_app", "main"]
+
+#: ``serve``'s default ``--init-timeout`` (seconds). Finishing the MCP handshake takes an honest
+#: client two requests and well under a second; a client that opens a session and never
+#: finishes it would otherwise hold a capacity slot for the whole ``--idle-timeout`` (30 min),
+#: so a hundred of them could lock everyone out for half an hour. 30 s leaves slow links and
+#: debugging clients ample room. (The library's `SupervisorConfig` keeps no limit by default.)
+DEFAULT_INIT_TIMEOUT = 30.0
+
+#: Seconds after the second signal before ``serve`` exits with status 1 even though something
+#: has not finished cancelling (a task that shields itself, a blocking call in a thread).
+FORCE_EXIT_AFTER = 3.0
 
 
 def _positive_float(text: str) -> float:
@@ -33,6 +56,20 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def _timeout_or_none(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off"):
+        return None
+    return _positive_float(text)
+
+
+def _patterns(text: str) -> list[str]:
+    """One ``--allowed-hosts``/``--allowed-origins`` value: comma-separated patterns."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated patterns, got {text!r}")
+    return items
 
 
 def _positive_int(text: str) -> int:
@@ -71,9 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--init-timeout",
-        type=_positive_float,
+        type=_timeout_or_none,
+        default=DEFAULT_INIT_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds a new session may take to finish the MCP handshake before it is closed, "
+        f"or 'none' (default {DEFAULT_INIT_TIMEOUT:g}: a client that never finishes it would "
+        "otherwise hold a slot for the whole --idle-timeout)",
+    )
+    serve.add_argument(
+        "--max-lifetime",
+        type=_timeout_or_none,
         default=None,
-        help="seconds a session may take to finish initializing (default: no limit)",
+        metavar="SECONDS",
+        help="seconds after which a session is closed whatever its activity (default: none)",
+    )
+    serve.add_argument(
+        "--max-sessions-per-principal",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="sessions one authenticated principal may hold at once; more get 503 (default: "
+        "no limit; needs --auth-token-file or --auth)",
     )
     serve.add_argument(
         "--app",
@@ -83,6 +138,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--stdio", action="store_true", help="serve one session over stdin/stdout instead"
+    )
+    access = serve.add_argument_group(
+        "who may connect",
+        "Loopback only by default. A --host that is not loopback needs --auth-token-file or "
+        "--auth (or --allow-unauthenticated) and, for clients to get past 403, --allowed-hosts.",
+    )
+    access.add_argument(
+        "--allowed-hosts",
+        type=_patterns,
+        action="extend",
+        default=None,
+        metavar="HOSTS",
+        help="Host header values accepted, comma-separated or repeated; 'name:*' is any port, "
+        "'*' anything (default: loopback names). Replaces the default: add 127.0.0.1:* to "
+        "keep local clients. Others get 403",
+    )
+    access.add_argument(
+        "--allowed-origins",
+        type=_patterns,
+        action="extend",
+        default=None,
+        metavar="ORIGINS",
+        help="Origin header values accepted (browsers send one), same patterns (default: "
+        "loopback origins; a request without Origin is accepted). Others get 403",
+    )
+    auth = access.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="PATH",
+        help="require a bearer token listed in PATH: one a line, optionally 'TOKEN PRINCIPAL'; "
+        "blank lines and # comments ignored. Others get 401",
+    )
+    auth.add_argument(
+        "--auth",
+        default=None,
+        metavar="MODULE:ATTR",
+        help="require a bearer token accepted by this verifier: async (token) -> principal "
+        "or None, or an SDK TokenVerifier. Others get 401",
+    )
+    access.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a --host that is not loopback without authentication (anyone who can "
+        "reach it may use it)",
     )
     # The operator surface (admin endpoint, metrics, logging, top) lives in supervisor._ops.
     from ._ops._run import add_serve_options, add_top_command
@@ -109,7 +209,18 @@ def load_app(spec: str) -> ServerSource:
     return source
 
 
-def _summary(sup: Any) -> str:
+def supervisor_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The `SupervisorConfig` keywords ``serve``'s options ask for."""
+    return {
+        "max_sessions": args.max_sessions,
+        "idle_timeout": args.idle_timeout,
+        "init_timeout": args.init_timeout,
+        "max_lifetime": args.max_lifetime,
+        "max_sessions_per_principal": args.max_sessions_per_principal,
+    }
+
+
+def _summary(sup: Supervisor) -> str:
     stats = sup.statistics()
     return (
         f"supervisor stopped: {stats.created_total} sessions created, "
@@ -118,64 +229,126 @@ def _summary(sup: Any) -> str:
     )
 
 
-async def _watch_signals(
-    signals: Any, stop: trio.Event, cancel_scope: trio.CancelScope, out: TextIO
-) -> None:
-    async for signum in signals:
-        if not stop.is_set():
-            print(f"received {signal.Signals(signum).name}, shutting down", file=out, flush=True)
-            stop.set()
-        else:
-            cancel_scope.cancel()
+class _Signals:
+    """The first signal asks for a graceful stop, the second cancels everything at once."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.stop = trio.Event()
+        self.everything = trio.CancelScope()
+        self._timer: threading.Timer | None = None
+
+    async def watch(self, signals: Any) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self.stop.is_set():
+                print(f"received {name}, shutting down", file=self.out, flush=True)
+                self.stop.set()
+            elif not self.everything.cancel_called:
+                print(f"received {name} again, cancelling what is left", file=self.out, flush=True)
+                self._arm_force_exit()
+                self.everything.cancel()
+
+    def _arm_force_exit(self) -> None:
+        out = self.out
+
+        def force_exit() -> None:
+            print(
+                f"error: still running {FORCE_EXIT_AFTER:g} s after the second signal "
+                "(something ignores cancellation); exiting now",
+                file=out,
+                flush=True,
+            )
+            os._exit(1)
+
+        self._timer = threading.Timer(FORCE_EXIT_AFTER, force_exit)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, verifier: Any = None) -> int:
     from . import open_supervisor
-    from .mcp import create_demo_server, serve_stdio
+    from .mcp import create_demo_server
 
     server: ServerSource = load_app(args.app) if args.app else create_demo_server()
-    config: dict[str, Any] = {
-        "max_sessions": args.max_sessions,
-        "idle_timeout": args.idle_timeout,
-        "init_timeout": args.init_timeout,
-    }
     # With --stdio, stdout carries the protocol: talk to the operator on stderr.
     out = sys.stderr if args.stdio else sys.stdout
-    stop = trio.Event()
     from ._ops._run import Operations
 
-    ops = Operations(args, out)
+    ops = Operations(args, out, token_verifier=verifier)
     ops.configure()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_supervisor(**config) as sup, trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope, out)
-            await ops.start(sup, nursery)
-            if args.stdio:
-                print("serving MCP over stdio", file=out, flush=True)
-                async with trio.open_nursery() as inner:
+    control = _Signals(out)
+    status = 0
+    sup: Supervisor | None = None
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            try:
+                # The second signal cancels this scope: the supervisor's block is left with
+                # Cancelled, which cancels every session at once (each still gets its
+                # terminal event) instead of waiting out the grace period.
+                with control.everything:
+                    async with open_supervisor(**supervisor_config(args)) as sup:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(control.watch, signals)
+                            await ops.start(sup, nursery)
+                            if args.stdio:
+                                await _serve_stdio(sup, server, control.stop, ops)
+                            else:
+                                await _serve_http(sup, server, control.stop, ops, nursery)
+                            nursery.cancel_scope.cancel()
+            except Exception as exc:
+                if not control.everything.cancel_called:
+                    raise
+                # Cancelling at once, something raised on its way out: say so, still stop.
+                print("error while cancelling:", file=sys.stderr)
+                traceback.print_exception(exc, file=sys.stderr)
+                status = 1
+            if sup is not None:
+                print(_summary(sup), file=out, flush=True)
+    finally:
+        control.disarm()
+    return status
 
-                    async def run_stdio() -> None:
-                        await serve_stdio(server, supervisor=sup)
-                        stop.set()
 
-                    inner.start_soon(run_stdio)
-                    await stop.wait()
-                    await sup.shutdown()
-                    await ops.drained()
-            else:
-                async with trio.open_nursery() as http:
-                    url = await http.start(partial(ops.serve_http, sup, server, stop))
-                    print(f"serving MCP on {url}", file=out, flush=True)
-                    ops.announce(url)
-                    ops.start_live_view(sup, nursery, url)
-                    await stop.wait()
-                    # Concurrently with hypercorn's graceful stop: open GET streams end with
-                    # their sessions, so hypercorn's connections can drain.
-                    await sup.shutdown()
-                    await ops.drained()
-            nursery.cancel_scope.cancel()
-        print(_summary(sup), file=out, flush=True)
-    return 0
+async def _serve_stdio(
+    sup: Supervisor, server: ServerSource, stop: trio.Event, ops: Operations
+) -> None:
+    from .mcp import serve_stdio
+
+    print("serving MCP over stdio", file=ops.out, flush=True)
+    async with trio.open_nursery() as inner:
+
+        async def run_stdio() -> None:
+            await serve_stdio(server, supervisor=sup)
+            stop.set()
+
+        inner.start_soon(run_stdio)
+        await stop.wait()
+        await sup.shutdown()
+        await ops.drained()
+
+
+async def _serve_http(
+    sup: Supervisor,
+    server: ServerSource,
+    stop: trio.Event,
+    ops: Operations,
+    nursery: trio.Nursery,
+) -> None:
+    async with trio.open_nursery() as http:
+        url = await http.start(partial(ops.serve_http, sup, server, stop))
+        print(f"serving MCP on {url}", file=ops.out, flush=True)
+        ops.announce(url)
+        ops.start_live_view(sup, nursery, url)
+        await stop.wait()
+        # Concurrently with hypercorn's graceful stop: open GET streams end with their
+        # sessions, so hypercorn's connections can drain.
+        await sup.shutdown()
+        await ops.drained()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,8 +359,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return top_main(args)
     if args.command == "serve":
+        from ._ops._auth import check_exposure, verifier_from_args
+
         try:
-            return trio.run(_serve, args)
+            # Before anything binds: a public bind without authentication never listens.
+            warnings = check_exposure(args)
+            verifier = verifier_from_args(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        try:
+            return trio.run(_serve, args, verifier)
         except (ValueError, ImportError, AttributeError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

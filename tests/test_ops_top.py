@@ -298,3 +298,13 @@ def test_top_parser() -> None:
     args = build_parser().parse_args(["top", "--url", "http://127.0.0.1:9", "--once"])
     assert (args.url, args.once) == ("http://127.0.0.1:9", True)
     _ = subprocess  # the pseudo-terminal test above spawns the command itself
+
+
+def test_the_operator_surface_shortens_ids_with_the_core_helper() -> None:
+    # One helper for every id that reaches a log or the admin surface: the core's.
+    from supervisor import _ids
+    from supervisor._ops import _feed, _logging
+
+    assert _feed.short_id is _ids.short_id
+    assert vars(_logging)["short_id"] is _ids.short_id
+    assert _feed.ID_PREFIX == _ids.ID_PREFIX == 8

@@ -20,7 +20,6 @@ one.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from urllib.parse import parse_qs
 
 import trio
 
+from ._auth import is_loopback
 from ._feed import EventHistory, Frame, run_feed, snapshot_frame
 from ._metrics import Receive, Scope, Send
 
@@ -41,24 +41,12 @@ __all__ = ["AdminApp", "is_loopback", "serve_admin"]
 
 logger = logging.getLogger("supervisor.admin")
 
-_LOOPBACK_NAMES = ("localhost", "localhost.")
 _INDEX = b"""trio-session-supervisor admin endpoint
   /metrics   Prometheus metrics
   /sessions  JSON snapshot: counters and live sessions (ids truncated)
   /events    newline-delimited JSON stream: snapshot, then lifecycle events
 Live view: python -m supervisor top --url http://HOST:PORT
 """
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or name, optionally ``[bracketed]``) is loopback."""
-    host = host.strip("[]")
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_is_loopback(header: str) -> bool:

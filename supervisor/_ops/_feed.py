@@ -4,7 +4,8 @@ A *snapshot* frame carries the counters of `Supervisor.statistics` and a table o
 an *event* frame carries one lifecycle event; a *lagged* frame says how many events were missed.
 The admin endpoint streams these as newline-delimited JSON and ``top`` renders them; ``serve
 --top`` feeds them to the same view in process. No full session id is ever put in a frame: an
-id is a bearer credential for its session.
+id is a bearer credential for its session; `short_id` (the core's `supervisor._ids.short_id`,
+re-exported) is the one helper that shortens them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .. import Event, Lagged
+from .._ids import ID_PREFIX as ID_PREFIX
+from .._ids import short_id as short_id
 
 if TYPE_CHECKING:
     from .. import Session, SessionStatistics, Supervisor
@@ -34,17 +37,10 @@ __all__ = [
     "stats_dict",
 ]
 
-#: Characters of a session id shown to operators (8 of 32: 48 of 192 bits, useless to guess).
-ID_PREFIX = 8
 #: Longest principal shown; principals can be long (issuer + subject).
 PRINCIPAL_WIDTH = 40
 
 Frame = dict[str, Any]
-
-
-def short_id(session_id: str) -> str:
-    """The prefix of a session id that may be shown and logged."""
-    return session_id[:ID_PREFIX]
 
 
 def _principal(principal: str | None) -> str | None:

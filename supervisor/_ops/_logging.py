@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from .. import EventKind, Lagged
-from ._feed import short_id
+from .._ids import short_id
 
 if TYPE_CHECKING:
     from .. import Supervisor

@@ -125,9 +125,12 @@ class Operations:
     `Supervisor.shutdown`) lets the admin endpoint deliver the last events, then stop.
     """
 
-    def __init__(self, args: argparse.Namespace, out: TextIO) -> None:
+    def __init__(
+        self, args: argparse.Namespace, out: TextIO, *, token_verifier: Any = None
+    ) -> None:
         self.args = args
         self.out = out
+        self.token_verifier = token_verifier
         self.metrics: OperatorMetrics | None = None
         self.admin_url: str | None = None
         self._drained = trio.Event()
@@ -217,7 +220,11 @@ class Operations:
         stop: trio.Event,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """The MCP front end, its requests timed when metrics are on."""
+        """The MCP front end, its requests timed when metrics are on.
+
+        Who may connect comes from ``--allowed-hosts``, ``--allowed-origins`` (``None``: the
+        app's loopback defaults) and the token verifier given to `Operations`.
+        """
         args = self.args
         options: dict[str, Any] = {
             "host": args.host,
@@ -225,6 +232,9 @@ class Operations:
             "path": args.path,
             "shutdown_trigger": stop.wait,
             "task_status": task_status,
+            "allowed_hosts": getattr(args, "allowed_hosts", None),
+            "allowed_origins": getattr(args, "allowed_origins", None),
+            "token_verifier": self.token_verifier,
         }
         if self.metrics is not None:
             options["wrap"] = self.metrics.timed
