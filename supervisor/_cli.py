@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve an MCP server (Streamable HTTP + WebSocket, or stdio)",
         description="Serve an MCP server with one supervised session per client. Without --app, "
         "serves the built-in demo server (tools echo and counter).",
+        epilog="SIGINT or SIGTERM stops gracefully (requests in flight get the 5 s grace "
+        "period); a second one cancels what is left at once. Either way the process prints a "
+        "summary and exits 0 (1 if the stop was not clean). See docs/operations.md.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument(
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="sessions one authenticated principal may hold at once; more get 503 (default: "
-        "no limit; needs --auth-token-file or --auth)",
+        "no limit; without --auth-token-file or --auth it limits nothing)",
     )
     serve.add_argument(
         "--app",

@@ -208,9 +208,14 @@ def test_loopback_and_stdio_need_nothing() -> None:
     assert check_exposure(parse("--stdio", "--host", "0.0.0.0")) == []
 
 
-def test_per_principal_limit_needs_authentication() -> None:
-    with pytest.raises(ValueError, match="--max-sessions-per-principal needs"):
-        check_exposure(parse("--max-sessions-per-principal", "2"))
+def test_a_per_principal_limit_without_authentication_is_warned_about(tmp_path: Path) -> None:
+    [warning] = check_exposure(parse("--max-sessions-per-principal", "2"))
+    assert "limits nothing without authentication" in warning
+    assert "--auth-token-file" in warning
+    path = str(write(tmp_path, "t\n"))
+    assert (
+        check_exposure(parse("--max-sessions-per-principal", "2", "--auth-token-file", path)) == []
+    )
 
 
 def refuse_to_serve(*args: Any) -> Any:

@@ -38,7 +38,7 @@ TIMEOUT = 40  # seconds; generous for a loaded 2-core machine
 SHUTDOWN_GRACE = 5.0  # SupervisorConfig.shutdown_grace's default, which serve uses
 #: How soon after a second signal the process must be gone: well inside the grace period, so
 #: only a real "cancel at once" passes.
-AT_ONCE = 2.5
+AT_ONCE = 3.0
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -2,6 +2,8 @@
 
 Layered on top of the core and the MCP adapter; the core never imports this package.
 
+* `_auth`: who may reach ``serve``: bearer tokens from a file (``--auth-token-file``) or a
+  verifier (``--auth module:attr``), and the refusal of a public bind without authentication.
 * `_feed`: JSON-ready frames (a snapshot of the supervisor, one lifecycle event) and the
   event-driven loop that produces them. Session ids leave the process truncated to 8 characters.
 * `_logging`: stdlib logging set-up (text or JSON lines) and a subscriber that logs lifecycle

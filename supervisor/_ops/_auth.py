@@ -6,7 +6,8 @@
   | None`` (a plain function works too) or an SDK ``TokenVerifier``.
 * `check_exposure`: ``serve`` refuses a bind that is not loopback without authentication
   (unless ``--allow-unauthenticated``), and warns when such a bind keeps the loopback-only
-  default of ``--allowed-hosts`` (every remote client would get 403).
+  default of ``--allowed-hosts`` (every remote client would get 403), or sets a per-principal
+  limit without authentication.
 
 Everything here runs before anything binds, and every error is one line naming the option and
 what to add. No token ever appears in an error, a log line or a principal.
@@ -183,19 +184,23 @@ def verifier_from_args(args: argparse.Namespace) -> Any:
 def check_exposure(args: argparse.Namespace) -> list[str]:
     """Check who ``serve``'s options let in; the warnings to print.
 
+    Warns about a bind that is not loopback with the default (loopback-only) allowed hosts,
+    and about ``--max-sessions-per-principal`` without authentication (sessions then have no
+    principal, so it limits nothing).
+
     Raises:
         ValueError: a bind that is not loopback without ``--auth-token-file``/``--auth`` or
-            ``--allow-unauthenticated``; ``--max-sessions-per-principal`` without
-            authentication (sessions would have no principal to count).
+            ``--allow-unauthenticated``.
     """
+    warnings: list[str] = []
     authenticated = bool(getattr(args, "auth_token_file", None) or getattr(args, "auth", None))
     if getattr(args, "max_sessions_per_principal", None) is not None and not authenticated:
-        raise ValueError(
-            "--max-sessions-per-principal needs authentication (--auth-token-file PATH or "
-            "--auth module:attr): without it sessions have no principal"
+        warnings.append(
+            "--max-sessions-per-principal limits nothing without authentication (sessions have "
+            "no principal): add --auth-token-file PATH or --auth module:attr"
         )
     if args.stdio or is_loopback(args.host):
-        return []
+        return warnings
     if not authenticated and not args.allow_unauthenticated:
         raise ValueError(
             f"serving on {args.host} (not loopback) needs authentication: add "
@@ -203,9 +208,9 @@ def check_exposure(args: argparse.Namespace) -> list[str]:
             "anyone who can reach it)"
         )
     if args.allowed_hosts is None:
-        return [
+        warnings.append(
             f"serving on {args.host} with the default --allowed-hosts (loopback names only): "
             "every client that sends another Host gets 403; add --allowed-hosts with the "
             "names clients use (e.g. --allowed-hosts mcp.example.com)"
-        ]
-    return []
+        )
+    return warnings
