@@ -44,12 +44,14 @@ def test_the_reduced_soak_leaves_the_tracked_figures_alone() -> None:
 
 
 def test_the_reduced_soak_counts_expected_refusals_instead_of_printing_them() -> None:
-    output = run_reduced_soak("half_open")
+    output = run_reduced_soak("half_open or bad_origin_or_host")
     lines = output.splitlines()
-    refusals = [line for line in lines if "refused a new session" in line]
-    counted = [line for line in refusals if line.startswith("expected log records")]
-    assert len(refusals) == len(counted) <= 1, refusals[:5]
-    assert len(lines) < 200, f"{len(lines)} lines of output"
+    refusals = [line for line in lines if "refused" in line and "WARNING" in line]
+    assert not refusals, refusals[:5]
+    counted = [line for line in lines if line.startswith("expected log records")]
+    assert any("'refused a new session: %s'" in line for line in counted), counted
+    assert any("'refused request with Origin %r'" in line for line in counted), counted
+    assert len(lines) < 300, f"{len(lines)} lines of output"
 
 
 def test_expected_records_are_counted_and_others_pass_through() -> None:
@@ -64,6 +66,7 @@ def test_expected_records_are_counted_and_others_pass_through() -> None:
     try:
         for n in range(500):
             logger.warning("refused a new session: %s", f"maximum sessions ({n}) reached")
+        logger.warning("refused request with Origin %r", "http://evil.example")
         logger.warning("something else went wrong: %s", "disk full")
         logger.error("a tool crashed")
         logger.info("an info record is not shown")
@@ -71,11 +74,12 @@ def test_expected_records_are_counted_and_others_pass_through() -> None:
         logger.removeHandler(handler)
         logger.propagate = True
     shown = stream.getvalue()
-    assert "refused a new session" not in shown
+    assert "refused" not in shown
     assert "something else went wrong: disk full" in shown
     assert "a tool crashed" in shown
     assert "an info record" not in shown
-    assert handler.counts == {"refused a new session: %s": 500}
+    assert handler.counts == {"refused a new session: %s": 500, "refused request with Origin %r": 1}
     assert handler.summary() == [
-        "expected log records (counted, not shown): 500 x 'refused a new session: %s'"
+        "expected log records (counted, not shown): 500 x 'refused a new session: %s'",
+        "expected log records (counted, not shown): 1 x 'refused request with Origin %r'",
     ]
