@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -163,3 +165,18 @@ async def test_timed_app_observes_posts_and_deletes_by_status(
         assert value(metrics, f"{name}_count", method="GET", status="200") == 0
         text = metrics.exposition().decode()
         assert re.search(rf'{name}_bucket{{le="\+Inf",method="POST",status="202"}} 1.0', text)
+
+
+def test_the_admin_endpoint_does_not_need_prometheus_client() -> None:
+    # /sessions and /events work without the [metrics] extra; serve says /metrics is off.
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"
+        "from supervisor._ops._admin import AdminApp, serve_admin\n"
+        "import supervisor._ops._run as run, io\n"
+        "out = io.StringIO(); assert run._load_metrics(None, out) is None\n"
+        "assert '/metrics is off' in out.getvalue()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -31,11 +31,12 @@ import trio
 
 from ._auth import is_loopback
 from ._feed import EventHistory, Frame, run_feed, snapshot_frame
-from ._metrics import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .. import Supervisor
-    from ._metrics import OperatorMetrics
+
+    # Types only: prometheus-client (the [metrics] extra) is optional, the endpoint is not.
+    from ._metrics import OperatorMetrics, Receive, Scope, Send
 
 __all__ = ["AdminApp", "is_loopback", "serve_admin"]
 
