@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 PY_DIRS := $(wildcard supervisor tests examples bench scripts)
 
-.PHONY: setup demo serve top test test-fast soak soak-reduced lint typecheck format docs bench bench-quick conformance-setup clean
+.PHONY: setup demo serve top test test-fast soak soak-reduced lint typecheck format docs dist bench bench-quick conformance-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing trio-session-supervisor with all extras"
@@ -45,6 +45,8 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not conformance"
 
 ## Long reliability runs (bounded): load, leaks, floods at full size; writes docs/reliability/figures.json
+## (the only target that writes into the tracked tree; soak-reduced, part of `make test`, writes
+## its figures to the system's temporary directory)
 soak: setup
 	$(PY) scripts/soak.py
 
@@ -69,5 +71,12 @@ format: setup
 	$(VENV)/bin/ruff format $(PY_DIRS)
 	$(VENV)/bin/ruff check --fix $(PY_DIRS)
 
+## The wheel and the sdist in dist/, checked as PyPI would (tests/test_packaging.py does the same
+## in a temporary directory, then installs the wheel into a fresh venv and serves the demo)
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist
+	$(PY) -m twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache docs/_build
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache .hypothesis docs/_build dist build
