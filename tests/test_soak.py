@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 TRACKED_FIGURES = REPO / "docs" / "reliability" / "figures.json"
 
@@ -31,6 +33,7 @@ def run_reduced_soak(select: str) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_the_reduced_soak_leaves_the_tracked_figures_alone() -> None:
     before = TRACKED_FIGURES.read_bytes()
     output = run_reduced_soak("half_open")
@@ -43,6 +46,7 @@ def test_the_reduced_soak_leaves_the_tracked_figures_alone() -> None:
     assert "test_half_open_initialize_flood_cannot_lock_out_a_client" in output
 
 
+@pytest.mark.slow
 def test_the_reduced_soak_counts_expected_refusals_instead_of_printing_them() -> None:
     output = run_reduced_soak("half_open or bad_origin_or_host")
     lines = output.splitlines()
