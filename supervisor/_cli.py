@@ -23,6 +23,7 @@ import argparse
 import importlib
 import os
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -317,16 +318,38 @@ async def _serve(args: argparse.Namespace, verifier: Any = None) -> int:
     return status
 
 
+def _stdin_stream() -> trio.abc.ReceiveStream | None:
+    """Stdin as a trio stream when it is a pipe or a socket (what an MCP client gives us).
+
+    Read through trio's I/O loop, a stop while the client still holds stdin open leaves no
+    thread blocked in ``read()``: such a thread makes the interpreter abort at exit (SIGABRT,
+    "could not acquire lock for <stdin>"). Anything else (a file, a terminal) is read the
+    default way, in a thread.
+    """
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return None
+    return trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+
+
 async def _serve_stdio(
     sup: Supervisor, server: ServerSource, stop: trio.Event, ops: Operations
 ) -> None:
     from .mcp import serve_stdio
 
     print("serving MCP over stdio", file=ops.out, flush=True)
+    stdin = _stdin_stream()
     async with trio.open_nursery() as inner:
 
         async def run_stdio() -> None:
-            await serve_stdio(server, supervisor=sup)
+            try:
+                await serve_stdio(server, supervisor=sup, stdin=stdin)
+            finally:
+                if stdin is not None:
+                    await stdin.aclose()
             stop.set()
 
         inner.start_soon(run_stdio)

@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: What ``serve`` prints once its MCP endpoint is listening, followed by the URL.
 URL_LINE = "serving MCP on"
+#: What ``serve --stdio`` prints on stderr once it serves.
+STDIO_LINE = "serving MCP over stdio"
 
 
 class ServeProcess:
@@ -45,6 +47,7 @@ class ServeProcess:
         self.url = ""
         self._changed = trio.Event()
         self._stdout_closed = False
+        self._stderr_closed = False
 
     @property
     def pid(self) -> int:
@@ -65,12 +68,17 @@ class ServeProcess:
     async def read_until(self, marker: bytes, *, stderr: bool = False) -> None:
         """Wait until stdout (or stderr) contains ``marker``; fails if stdout closes first."""
         while marker not in (self.stderr if stderr else self.stdout):
-            if self._stdout_closed:
+            if self._stderr_closed if stderr else self._stdout_closed:
                 raise AssertionError(
                     f"serve ended without printing {marker!r}; stdout {self.output!r}, "
                     f"stderr {self.stderr.decode(errors='replace')[-2000:]!r}"
                 )
             await self._changed.wait()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Write one JSON-RPC message on the process's stdin (``stdio=True`` only)."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(json.dumps(message).encode() + b"\n")
 
     def signal(self, signum: signal.Signals) -> None:
         self.process.send_signal(signum)
@@ -82,7 +90,7 @@ class ServeProcess:
         return code
 
     async def read_until_closed(self) -> None:
-        while not self._stdout_closed:
+        while not self._stdout_closed or not self._stderr_closed:
             await self._changed.wait()
 
     async def _pump(self, stream: Any, name: str) -> None:
@@ -90,9 +98,8 @@ class ServeProcess:
             while chunk := await stream.receive_some(65536):
                 setattr(self, name, getattr(self, name) + chunk)
                 self._wake()
-        if name == "stdout":
-            self._stdout_closed = True
-            self._wake()
+        setattr(self, f"_{name}_closed", True)
+        self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -104,18 +111,26 @@ async def serve_process(
     *args: str,
     env: Mapping[str, str] | None = None,
     ready: str | None = URL_LINE,
+    stdio: bool = False,
 ) -> AsyncIterator[ServeProcess]:
     """Start ``python -m supervisor serve --port 0 ARGS...`` and yield it once it is listening.
 
     ``ready``: the stdout text to wait for before yielding (``None``: do not wait; the URL
-    line sets `ServeProcess.url`). ``env`` replaces the environment (``PYTHONUNBUFFERED`` is
-    always set). The process is killed by its PID when the block ends if it is still running.
+    line sets `ServeProcess.url`). With ``stdio``, ``--stdio`` is passed, stdin is a pipe
+    (`ServeProcess.send`) and ``ready`` is looked for on stderr, where the operator's messages
+    then go (default: ``serving MCP over stdio``). ``env`` replaces the environment
+    (``PYTHONUNBUFFERED`` is always set). The process is killed by its PID when the block ends
+    if it is still running.
     """
     environment = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    if stdio:
+        args = ("--stdio", *args)
+        if ready == URL_LINE:
+            ready = STDIO_LINE
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "supervisor", "serve", "--port", "0", *args],
         cwd=str(REPO),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if stdio else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=environment,
@@ -126,7 +141,7 @@ async def serve_process(
             nursery.start_soon(serve._pump, process.stdout, "stdout")
             nursery.start_soon(serve._pump, process.stderr, "stderr")
             if ready is not None:
-                await serve.read_until(ready.encode())
+                await serve.read_until(ready.encode(), stderr=stdio)
                 if ready == URL_LINE:
                     serve.url = serve.line_after(URL_LINE)
             try:

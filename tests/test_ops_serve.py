@@ -221,14 +221,57 @@ async def test_a_second_signal_cancels_an_in_flight_call_at_once(signum: signal.
                     f"serve still running {AT_ONCE} s after the second {name} "
                     f"(grace is {SHUTDOWN_GRACE} s); printed {serve.output!r}"
                 )
-    if code:
-        print(serve.output, serve.stderr.decode())
-    assert code == 0
+    assert code == 0, (serve.output, serve.stderr.decode()[-3000:])
     assert elapsed < SHUTDOWN_GRACE
     lines = serve.output.strip().splitlines()
     assert f"received {name} again, cancelling what is left" in lines
     assert lines[-1].startswith("supervisor stopped: 1 sessions created, ")
     assert lines[-1].endswith(" 0 rejected")
+
+
+async def test_sigterm_stops_stdio_cleanly_while_the_client_is_connected() -> None:
+    # The client keeps stdin open: serve must not die in the interpreter's shutdown (SIGABRT
+    # from a thread still blocked reading stdin).
+    with trio.fail_after(TIMEOUT):
+        async with serve_process(stdio=True) as serve:
+            await serve.send(INITIALIZE)
+            await serve.read_until(b'"id":1')
+            await serve.send(INITIALIZED)
+            await serve.send(tool_call(2, "echo", text="still here"))
+            await serve.read_until(b"still here")
+            serve.signal(signal.SIGTERM)
+            code = await serve.wait()
+    assert code == 0, serve.stderr.decode()[-2000:]
+    lines = serve.stderr.decode().strip().splitlines()
+    assert lines[-1] == (
+        "supervisor stopped: 1 sessions created, 1 closed, 0 expired, 0 failed, 0 rejected"
+    )
+
+
+async def test_a_second_signal_cancels_an_in_flight_stdio_call_at_once() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with serve_process("--app", "tests._serve:hanging_server", stdio=True) as serve:
+            await serve.send(INITIALIZE)
+            await serve.read_until(b'"id":1')
+            await serve.send(INITIALIZED)
+            await serve.send(tool_call(2, "hang"))
+            await serve.read_until(HANG_STARTED.encode(), stderr=True)
+            serve.signal(signal.SIGTERM)
+            await serve.read_until(b"received SIGTERM, shutting down", stderr=True)
+            started = time.monotonic()
+            serve.signal(signal.SIGTERM)
+            with trio.move_on_after(AT_ONCE) as waited:
+                code = await serve.wait()
+            assert not waited.cancelled_caught, serve.stderr.decode()
+            elapsed = time.monotonic() - started
+    assert code == 0, serve.stderr.decode()[-4000:]
+    assert elapsed < SHUTDOWN_GRACE
+    # The operator's messages are on stderr: stdout carries the protocol only.
+    lines = serve.stderr.decode().strip().splitlines()
+    assert "received SIGTERM again, cancelling what is left" in lines
+    assert lines[-1].startswith("supervisor stopped: 1 sessions created, ")
+    for line in serve.output.splitlines():
+        assert json.loads(line)["jsonrpc"] == "2.0"
 
 
 async def test_serve_exits_anyway_when_something_ignores_the_second_signal() -> None:
