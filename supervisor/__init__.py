@@ -22,7 +22,6 @@ from ._exceptions import SupervisorError as SupervisorError
 from ._session import Mailbox as Mailbox
 from ._session import Message as Message
 from ._session import Session as Session
-from ._session import SessionContext as SessionContext
 from ._session import SessionSnapshot as SessionSnapshot
 from ._state import LIVE_STATES as LIVE_STATES
 from ._state import TRANSITIONS as TRANSITIONS
@@ -31,6 +30,7 @@ from ._state import Transport as Transport
 from ._stats import SessionMetrics as SessionMetrics
 from ._stats import SessionStatistics as SessionStatistics
 from ._supervisor import Actor as Actor
+from ._supervisor import SessionContext as SessionContext
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import open_supervisor as open_supervisor
 

@@ -1,24 +1,27 @@
-"""The session record (a read-only `Session` view for users), messages, mailboxes and contexts."""
+"""The session record (a read-only `Session` view for users), its messages and its mailbox.
+
+The bottom of the core: everything here is a function of one session record and imports nothing
+above `supervisor._state` and `supervisor._ids`. The supervisor (`supervisor._supervisor`) and
+the actor's handle on it (`SessionContext`, defined there) build on it; nothing here calls up.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+from typing import Any, Generic, TypeVar, final
 
 import attrs
 import outcome
 import trio
 
+from ._exceptions import SessionClosed
+from ._ids import short_id
 from ._state import SessionState, Transport
 
-if TYPE_CHECKING:
-    from ._supervisor import Supervisor
-
-__all__ = ["Mailbox", "Message", "Session", "SessionContext", "SessionSnapshot"]
+__all__ = ["Mailbox", "Message", "Session", "SessionSnapshot"]
 
 T = TypeVar("T")
 
@@ -74,7 +77,8 @@ class Session:
     _armed: float = math.inf  # idle deadline as armed on the scope; inf while paused
     _hard: float = math.inf  # min(init deadline while not READY, lifetime deadline)
     _lifetime_deadline: float = math.inf
-    _close_reason: str | None = None
+    _close_reason: str | None = None  # decided once: see _ending
+    _expired: bool = False  # the close reason is the deadline that fired
     _error: BaseException | None = None
     _error_reason: str | None = None
     _pending: set[Message[Any]] | None = None
@@ -84,7 +88,7 @@ class Session:
     _ended: bool = False
 
     def __repr__(self) -> str:
-        return f"<Session {self._id[:8]}… {self._state.value} {self._transport.value}>"
+        return f"<Session {short_id(self._id)}… {self._state.value} {self._transport.value}>"
 
     @property
     def id(self) -> str:
@@ -173,7 +177,14 @@ class Session:
 
     @property
     def close_reason(self) -> str | None:
-        """Why the session is closing or ended (``None`` while it serves)."""
+        """Why the session is closing or ended (``None`` while it serves).
+
+        Decided once: the reason given to `Supervisor.close_session` (or ``"shutdown"``), the
+        deadline that fired (``"idle-timeout"``, ``"init-timeout"``, ``"max-lifetime"``),
+        ``"actor-returned"``; nothing that happens later replaces it. A failure (``FAILED``)
+        is reported by the terminal event's reason and error.
+        """
+        _ending(self)
         return self._close_reason
 
     @property
@@ -182,9 +193,10 @@ class Session:
 
         While serving: the earliest of the idle deadline (``last_activity + idle_timeout``; none
         while a call is in flight), the init deadline (until ``READY``) and the lifetime deadline.
-        While closing: when the actor is cancelled if it has not returned.
+        While closing: when the actor is cancelled if it has not returned. Once a deadline has
+        fired: that deadline; nothing moves it any more.
         """
-        if self._close_reason is not None:
+        if _ending(self):
             return self._scope.deadline
         return self._hard if self._in_flight else min(self._hard, self._idle_deadline())
 
@@ -323,7 +335,10 @@ class Message(Generic[T]):
 
     async def _wait(self) -> Any:
         if self._outcome is not None:
-            await trio.lowlevel.checkpoint()
+            # Answered while the caller was still on its way here (it waited for room in a
+            # full mailbox): `reply` has returned True, so the answer must not be lost to a
+            # cancellation now.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return self._outcome.unwrap()
         self._waiter = trio.lowlevel.current_task()
 
@@ -335,21 +350,84 @@ class Message(Generic[T]):
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
-# The idle clock, shared by the supervisor and messages. Kept as functions of the record so the
-# hot paths (send, call, reply, touch) touch no other object.
+# The session's end and its idle clock, shared by the supervisor, the context and messages. Kept
+# as functions of the record so the hot paths (send, call, reply, touch) touch no other object.
+#
+# While a session serves (no close reason yet), its scope's deadline is min(_armed, _hard), and
+# it fires when trio's clock reaches it. A trio deadline that fired cannot be undone, so nothing
+# may move it afterwards either: the deadline that fired says which one it was (_expiry_reason).
+# Every path that would move it first checks `now >= min(_armed, _hard)` (or asks the scope).
+
+
+def _ending(session: Session) -> bool:
+    """True once the session's end is decided; decides an expiry whose deadline has fired.
+
+    A session is ending once it has a close reason (closed, shut down, its actor returned, an
+    expiry already decided), a failure, or a cancelled scope: with neither a close reason nor
+    an error, only its deadline can have cancelled it (`Supervisor` cancels the scope itself
+    only after setting one of the two). Not for hot paths: ``cancel_called`` reads the clock.
+    """
+    if session._close_reason is not None or session._error is not None:
+        return True
+    if session._scope.cancel_called:
+        session._close_reason = _expiry_reason(session)
+        session._expired = True
+        return True
+    return False
+
+
+def _expiry_reason(session: Session) -> str:
+    """Which deadline fired: read from the scope's deadline, which nothing moved since."""
+    fired = session._scope.deadline
+    if fired >= session._lifetime_deadline:
+        return "max-lifetime"
+    if not session._initialized and fired >= session._hard:
+        return "init-timeout"
+    return "idle-timeout"
+
+
+def _check_live(session: Session) -> None:
+    if session._ended:
+        raise SessionClosed(f"session {_short(session._id)} has ended")
+
+
+def _short(session_id: object) -> str:
+    """An id as messages show it: `short_id` and an ellipsis (full ids are credentials)."""
+    text = str(session_id)
+    short = short_id(text)
+    return short + "…" if len(text) > len(short) else short
+
+
+def _fired(session: Session, now: float) -> bool:
+    """Whether a deadline of a serving session has passed at ``now`` (two comparisons)."""
+    return now >= session._armed or now >= session._hard
 
 
 def _touch(session: Session, now: float) -> None:
-    """Activity at ``now``: push the idle deadline if it passes the armed one (deadline_slack)."""
+    """Activity at ``now``: push the idle deadline if it passes the armed one (deadline_slack).
+
+    No effect once a deadline has fired: the session is ending, and the deadline that fired
+    stays as it is.
+    """
+    if session._close_reason is None:
+        if now >= session._hard:
+            return  # the init or lifetime deadline fired
+        if session._in_flight == 0:
+            target = now + session._idle_timeout
+            if target > session._armed:
+                if now >= session._armed:
+                    return  # the idle deadline fired
+                session._armed = armed = target + session._slack
+                session._scope.deadline = armed if armed < session._hard else session._hard
     session._last_activity = now
-    if session._in_flight == 0 and session._close_reason is None:
-        target = now + session._idle_timeout
-        if target > session._armed:
-            session._armed = armed = target + session._slack
-            session._scope.deadline = armed if armed < session._hard else session._hard
 
 
 def _begin_flight(session: Session) -> None:
+    """Work begins (a call, a ``ctx.busy()`` block): the idle clock stops.
+
+    The caller has made sure no deadline has fired yet (`_fired` at this step's time, or
+    `_ending`), so pausing cannot move a deadline that fired.
+    """
     session._in_flight += 1
     if session._in_flight == 1 and session._armed != math.inf and session._close_reason is None:
         # Pause the idle clock: only the init and lifetime deadlines stay armed.
@@ -358,16 +436,20 @@ def _begin_flight(session: Session) -> None:
 
 
 def _end_flight(session: Session) -> None:
+    if session._ended:
+        return  # the count was reset when the session ended: never below zero
     session._in_flight -= 1
     now = trio.current_time()
-    session._last_activity = now
-    if (
-        session._in_flight == 0
-        and session._close_reason is None
-        and session._idle_timeout != math.inf
-    ):
-        session._armed = armed = now + session._idle_timeout + session._slack
-        session._scope.deadline = armed if armed < session._hard else session._hard
+    if session._close_reason is None:
+        armed, hard = session._armed, session._hard
+        if now >= (armed if armed < hard else hard):
+            return  # a deadline fired while the work was in flight: it stays
+        session._last_activity = now
+        if session._in_flight == 0 and session._idle_timeout != math.inf:
+            session._armed = armed = now + session._idle_timeout + session._slack
+            session._scope.deadline = armed if armed < hard else hard
+    else:
+        session._last_activity = now
 
 
 @final
@@ -432,110 +514,3 @@ class Mailbox(Generic[T]):
             session._depth -= 1
             if msg._status != _ABANDONED:
                 return msg
-
-
-@final
-class SessionContext(Generic[T]):
-    """The actor's handle on its own session, passed as the actor's only argument.
-
-    Created by the supervisor, never by users. Everything here acts on this session without a
-    registry lookup. Once the session is closing, state changes (`initialize`, `authenticate`,
-    `set_state`) raise `SessionClosed`; an actor that lets that propagate ends cleanly (a
-    ``CLOSED`` event, not ``FAILED``), so actor code need not guard against a close that races
-    with its start.
-    """
-
-    __slots__ = ("_session", "_supervisor")
-
-    def __init__(self, session: Session, supervisor: Supervisor) -> None:
-        self._session = session
-        self._supervisor = supervisor
-
-    def __repr__(self) -> str:
-        return f"<SessionContext {self._session!r}>"
-
-    @property
-    def session(self) -> Session:
-        return self._session
-
-    @property
-    def id(self) -> str:
-        return self._session._id
-
-    @property
-    def supervisor(self) -> Supervisor:
-        return self._supervisor
-
-    @property
-    def mailbox(self) -> Mailbox[T]:
-        """This session's messages; iteration ends when the session is asked to close."""
-        return Mailbox(self._session)
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """This session's metadata, as a mutable dict owned by the actor."""
-        session = self._session
-        if session._metadata is None:
-            session._metadata = {}
-        return session._metadata
-
-    @property
-    def closing(self) -> bool:
-        """True once the session has been asked to close (or is ending)."""
-        return self._session._close_reason is not None
-
-    def touch(self) -> None:
-        """Record activity: the idle deadline restarts from now. O(1), never blocks."""
-        self._supervisor._check_live(self._session)
-        _touch(self._session, trio.current_time())
-
-    def set_state(self, state: SessionState) -> None:
-        """Validated state change; see `Supervisor.set_state`."""
-        self._supervisor._set_state(self._session, state)
-
-    def initialize(
-        self,
-        *,
-        client_info: Any = None,
-        protocol_version: Any = None,
-        capabilities: Any = None,
-    ) -> None:
-        """Record the client's handshake, move to ``READY``; see `Supervisor.initialize_session`."""
-        self._supervisor._initialize(self._session, client_info, protocol_version, capabilities)
-
-    def authenticate(self, principal: str) -> None:
-        """Bind this session to ``principal``; see `Supervisor.authenticate_session`."""
-        self._supervisor._authenticate(self._session, principal)
-
-    def close(self, reason: str | None = None) -> bool:
-        """Ask this session to close (the mailbox ends); see `Supervisor.close_session`."""
-        return self._supervisor._close(self._session, reason or "closed")
-
-    def start_soon(
-        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
-    ) -> None:
-        """Run ``async_fn(*args)`` as a background task of this session.
-
-        The task is cancelled when the actor returns (or the session otherwise ends), and the
-        session ends, and frees its slot, only when every such task has finished. An exception
-        in the task fails the session like one raised by the actor (a ``FAILED`` event with
-        reason ``"task-error"``); siblings are unaffected.
-
-        Raises:
-            SessionClosed: the actor has already returned.
-        """
-        self._supervisor._start_session_task(self._session, async_fn, args, name)
-
-    @contextmanager
-    def busy(self) -> Iterator[None]:
-        """Mark work in flight: the idle clock stops inside the block and restarts when it ends.
-
-        Nesting and overlapping with calls is fine: the clock restarts when the last ends.
-        """
-        session = self._session
-        self._supervisor._check_live(session)
-        _begin_flight(session)
-        try:
-            yield
-        finally:
-            _end_flight(session)

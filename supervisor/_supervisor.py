@@ -1,14 +1,19 @@
-"""The supervisor: one trio nursery, a registry, capacity, deadlines, routing and shutdown."""
+"""The supervisor and the actor's handle on it.
+
+`Supervisor` owns one trio nursery, the registry, capacity, deadlines, routing and shutdown;
+`SessionContext` is what each actor gets to act on its own session. Both build on the session
+record, messages and mailbox of `supervisor._session` (which knows nothing of this module) and
+on the event bus of `supervisor._events`.
+"""
 
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from contextlib import asynccontextmanager
-from typing import Any, TypeAlias, final
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Generic, TypeAlias, TypeVar, final
 
 import trio
 
@@ -23,26 +28,153 @@ from ._exceptions import (
     SessionNotFound,
     SupervisorClosed,
 )
+from ._ids import new_session_id
 from ._session import (
     _ONE_WAY,
     _PENDING,
+    Mailbox,
     Message,
     Session,
-    SessionContext,
     SessionSnapshot,
     _begin_flight,
+    _check_live,
+    _end_flight,
+    _ending,
+    _fired,
+    _short,
     _touch,
 )
 from ._state import LIVE_STATES, SessionState, Transport, check_transition
 from ._stats import SessionMetrics, SessionStatistics
 
-__all__ = ["Actor", "Supervisor", "open_supervisor"]
+__all__ = ["Actor", "SessionContext", "Supervisor", "open_supervisor"]
+
+T = TypeVar("T")
+
+_S = SessionState
+_TRANSPORTS = ", ".join(repr(t.value) for t in Transport)
+
+
+@final
+class SessionContext(Generic[T]):
+    """The actor's handle on its own session, passed as the actor's only argument.
+
+    Created by the supervisor, never by users. Everything here acts on this session without a
+    registry lookup. Once the session is closing (or a deadline has fired), state changes
+    (`initialize`, `authenticate`, `set_state`) raise `SessionClosed`; an actor that lets that
+    propagate ends cleanly (a ``CLOSED`` or ``EXPIRED`` event, not ``FAILED``), so actor code
+    need not guard against a close that races with its start.
+    """
+
+    __slots__ = ("_session", "_supervisor")
+
+    def __init__(self, session: Session, supervisor: Supervisor) -> None:
+        self._session = session
+        self._supervisor = supervisor
+
+    def __repr__(self) -> str:
+        return f"<SessionContext {self._session!r}>"
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def id(self) -> str:
+        return self._session._id
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self._supervisor
+
+    @property
+    def mailbox(self) -> Mailbox[T]:
+        """This session's messages; iteration ends when the session is asked to close."""
+        return Mailbox(self._session)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """This session's metadata, as a mutable dict owned by the actor."""
+        session = self._session
+        if session._metadata is None:
+            session._metadata = {}
+        return session._metadata
+
+    @property
+    def closing(self) -> bool:
+        """True once the session is ending: asked to close, shut down, or a deadline fired."""
+        return _ending(self._session)
+
+    def touch(self) -> None:
+        """Record activity: the idle deadline restarts from now. O(1), never blocks.
+
+        No effect once a deadline has fired (the session is ending).
+
+        Raises:
+            SessionClosed: the session has ended.
+        """
+        _check_live(self._session)
+        _touch(self._session, trio.current_time())
+
+    def set_state(self, state: SessionState) -> None:
+        """Validated state change; see `Supervisor.set_state`."""
+        self._supervisor._set_state(self._session, state)
+
+    def initialize(
+        self,
+        *,
+        client_info: Any = None,
+        protocol_version: Any = None,
+        capabilities: Any = None,
+    ) -> None:
+        """Record the client's handshake, move to ``READY``; see `Supervisor.initialize_session`."""
+        self._supervisor._initialize(self._session, client_info, protocol_version, capabilities)
+
+    def authenticate(self, principal: str) -> None:
+        """Bind this session to ``principal``; see `Supervisor.authenticate_session`."""
+        self._supervisor._authenticate(self._session, principal)
+
+    def close(self, reason: str | None = None) -> bool:
+        """Ask this session to close (the mailbox ends); see `Supervisor.close_session`."""
+        return self._supervisor._close(self._session, _check_reason(reason))
+
+    def start_soon(
+        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
+    ) -> None:
+        """Run ``async_fn(*args)`` as a background task of this session.
+
+        The task is cancelled when the actor returns (or the session otherwise ends), and the
+        session ends, and frees its slot, only when every such task has finished. An exception
+        in the task (a stray `trio.Cancelled` included) fails the session like one raised by
+        the actor (a ``FAILED`` event with reason ``"task-error"``); siblings are unaffected.
+
+        Raises:
+            SessionClosed: the actor has already returned.
+        """
+        self._supervisor._start_session_task(self._session, async_fn, args, name)
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark work in flight: the idle clock stops inside the block and restarts when it ends.
+
+        Nesting and overlapping with calls is fine: the clock restarts when the last ends. A
+        block still open when the session ends leaves `Session.in_flight` at 0, never below.
+
+        Raises:
+            SessionClosed: the session has ended.
+        """
+        session = self._session
+        _check_live(session)
+        _ending(session)  # decide an expiry that fired, so the pause cannot move its deadline
+        _begin_flight(session)
+        try:
+            yield
+        finally:
+            _end_flight(session)
+
 
 #: What a session runs: ``async def actor(ctx: SessionContext) -> None``.
 Actor: TypeAlias = Callable[[SessionContext[Any]], Awaitable[object]]
-
-_S = SessionState
-_ID_BYTES = 24  # 192 bits; token_urlsafe gives 32 visible ASCII characters
 
 
 class _Waiter:
@@ -75,7 +207,6 @@ class Supervisor:
         self._bus = EventBus()
         self._closing = False
         self._all_ended = trio.Event()
-        self._shutdown_done = trio.Event()
         self._by_state = dict.fromkeys(SessionState, 0)
         self._by_transport = dict.fromkeys(Transport, 0)
         self._authenticated = 0
@@ -149,20 +280,26 @@ class Supervisor:
         """Create a session and start its actor task (it runs from the next scheduling point).
 
         A ``principal`` given here authenticates the session at birth and binds it for life.
-        Never blocks.
+        Never blocks. The arguments are checked before anything is reserved: a call that
+        raises leaves no trace (no slot, no event, no count).
 
         Raises:
+            TypeError: ``actor`` is not callable, ``principal`` is not a str, or ``metadata``
+                is not a mapping.
+            ValueError: ``transport`` is not a `Transport` (or its value), or ``principal``
+                is empty.
             CapacityError: `max_sessions` or the principal's limit is reached. A slot freed
                 while callers wait in `create_session` goes to them, never to this call.
             SupervisorClosed: shutdown has begun.
         """
+        transport, meta = _check_create(actor, transport, principal, metadata)
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
         if not self._has_room(principal):
             self._rejected_total += 1
             raise CapacityError(self._capacity_message(principal))
         self._reserve(principal)
-        return self._spawn(actor, transport, principal, metadata)
+        return self._spawn(actor, transport, principal, meta)
 
     async def create_session(
         self,
@@ -175,17 +312,20 @@ class Supervisor:
         """Like `create_session_nowait`, but wait for a slot instead of raising CapacityError.
 
         Waiters are admitted first come, first served (a waiter held back by its principal's
-        limit does not hold up others). Cancellation-safe: a cancelled waiter takes no slot.
+        limit does not hold up others). Invalid arguments raise at once, before waiting.
+        Cancellation-safe: a cancelled waiter takes no slot.
 
         Raises:
+            TypeError, ValueError: as `create_session_nowait`.
             SupervisorClosed: shutdown began before a slot was found.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        transport, meta = _check_create(actor, transport, principal, metadata)
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
         if self._has_room(principal):
             self._reserve(principal)
-            session = self._spawn(actor, transport, principal, metadata)
+            session = self._spawn(actor, transport, principal, meta)
             await trio.lowlevel.cancel_shielded_checkpoint()
             return session
         waiter = _Waiter(principal)
@@ -202,7 +342,7 @@ class Supervisor:
             if waiter.reserved:
                 self._release(principal)
             raise SupervisorClosed("the supervisor is shutting down")
-        return self._spawn(actor, transport, principal, metadata)
+        return self._spawn(actor, transport, principal, meta)
 
     def _has_room(self, principal: str | None) -> bool:
         if self._used >= self._config.max_sessions:
@@ -251,45 +391,48 @@ class Supervisor:
         actor: Actor,
         transport: Transport,
         principal: str | None,
-        metadata: Mapping[str, Any] | None,
+        metadata: dict[str, Any] | None,
     ) -> Session:
-        if transport.__class__ is not Transport:
-            transport = Transport(transport)
-        config = self._config
-        now = trio.current_time()
-        idle = self._idle
-        armed = now + idle + self._slack
-        hard = math.inf
-        lifetime_deadline = math.inf
-        if config.init_timeout is not None:
-            hard = now + config.init_timeout
-        if config.max_lifetime is not None:
-            lifetime_deadline = now + config.max_lifetime
-            hard = min(hard, lifetime_deadline)
-        send, recv = trio.open_memory_channel[Message[Any]](self._mailbox_size)
-        session_id = secrets.token_urlsafe(_ID_BYTES)
-        session = Session(
-            id=session_id,
-            transport=transport,
-            principal=principal,
-            created=now,
-            created_wall=time.time(),
-            last_activity=now,
-            idle_timeout=idle,
-            slack=self._slack,
-            scope=trio.CancelScope(deadline=armed if armed < hard else hard),
-            send=send,
-            recv=recv,
-            armed=armed,
-            hard=hard,
-            lifetime_deadline=lifetime_deadline,
-        )
+        """Make the record and start the actor in the slot just reserved (released on failure)."""
+        try:
+            config = self._config
+            now = trio.current_time()
+            idle = self._idle
+            armed = now + idle + self._slack
+            hard = math.inf
+            lifetime_deadline = math.inf
+            if config.init_timeout is not None:
+                hard = now + config.init_timeout
+            if config.max_lifetime is not None:
+                lifetime_deadline = now + config.max_lifetime
+                hard = min(hard, lifetime_deadline)
+            send, recv = trio.open_memory_channel[Message[Any]](self._mailbox_size)
+            session = Session(
+                id=new_session_id(),
+                transport=transport,
+                principal=principal,
+                created=now,
+                created_wall=time.time(),
+                last_activity=now,
+                idle_timeout=idle,
+                slack=self._slack,
+                scope=trio.CancelScope(deadline=armed if armed < hard else hard),
+                send=send,
+                recv=recv,
+                armed=armed,
+                hard=hard,
+                lifetime_deadline=lifetime_deadline,
+                metadata=metadata,
+            )
+            # The task runs from the next scheduling point, after the registration below.
+            self._nursery.start_soon(self._run_actor, session, actor, name=actor)
+        except BaseException:
+            self._release(principal)
+            raise
         if principal is not None:
             session._authenticated = True
             self._authenticated += 1
-        if metadata:
-            session._metadata = dict(metadata)
-        self._sessions[session_id] = session
+        self._sessions[session._id] = session
         self._by_state[_S.CREATED] += 1
         self._by_transport[transport] += 1
         self._created_total += 1
@@ -297,7 +440,6 @@ class Supervisor:
             self._bus.publish(EventKind.CREATED, session, now)
             if principal is not None:
                 self._bus.publish(EventKind.AUTHENTICATED, session, now)
-        self._nursery.start_soon(self._run_actor, session, actor, name=actor)
         return session
 
     # -- the actor task ------------------------------------------------------------------------
@@ -306,30 +448,38 @@ class Supervisor:
         try:
             with session._scope:
                 await actor(SessionContext(session, self))
-        except trio.Cancelled:
-            # Not our scope's cancellation (that one is caught above): the supervisor's nursery
-            # is being cancelled.
-            if session._close_reason is None:
-                session._close_reason = "cancelled"
-            raise
         except BaseException as exc:
-            if isinstance(exc, SessionClosed) and session._close_reason is not None:
-                # The actor stopped because its own session is closing (say ctx.initialize()
-                # after shutdown began): a clean close, not a failure.
+            # Outside the session's scope: an effective deadline of -inf means a scope around
+            # the supervisor's nursery (or the nursery itself) really is cancelled.
+            if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
+                if not _ending(session):  # an expiry that fired first stays an expiry
+                    session._close_reason = "cancelled"
+                raise
+            if isinstance(exc, SessionClosed) and _ending(session) and session._error is None:
+                # The actor stopped because its own session is ending (say ctx.initialize()
+                # after shutdown began): a clean end, not a failure.
                 return
+            # Anything else fails this session alone, a stray Cancelled (one the actor kept
+            # from an inner scope) included: it must not cancel the siblings.
             if session._error is None:
                 session._error = exc
                 session._error_reason = "actor-error"
-            if not isinstance(exc, Exception):
+            if not _ours_to_swallow(exc):
                 raise  # KeyboardInterrupt and friends are not ours to swallow
         finally:
             self._actor_returned(session)
 
     def _actor_returned(self, session: Session) -> None:
         session._actor_done = True
-        assert session._send is not None and session._recv is not None
-        session._send.close()
-        session._recv.close()
+        if not _ending(session):
+            session._close_reason = "actor-returned"  # decided now: a later close changes nothing
+        send, recv = session._send, session._recv
+        assert send is not None and recv is not None
+        # Messages still buffered are dropped with the channel (their callers get SessionClosed
+        # when the session ends); senders waiting for room uncount themselves when they fail.
+        session._depth -= recv.statistics().current_buffer_used
+        send.close()
+        recv.close()
         if session._tasks:
             assert session._task_scopes is not None
             for scope in session._task_scopes:
@@ -349,9 +499,13 @@ class Supervisor:
         session._tasks += 1
         if session._task_scopes is None:
             session._task_scopes = set()
-        self._nursery.start_soon(
-            self._run_session_task, session, async_fn, args, name=name or async_fn
-        )
+        try:
+            self._nursery.start_soon(
+                self._run_session_task, session, async_fn, args, name=name or async_fn
+            )
+        except BaseException:
+            session._tasks -= 1
+            raise
 
     async def _run_session_task(
         self,
@@ -367,14 +521,14 @@ class Supervisor:
         try:
             with scope:
                 await async_fn(*args)
-        except trio.Cancelled:
-            raise
         except BaseException as exc:
+            if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
+                raise  # the supervisor's own cancellation (see _run_actor)
             if session._error is None:
                 session._error = exc
                 session._error_reason = "task-error"
             session._scope.cancel()
-            if not isinstance(exc, Exception):
+            if not _ours_to_swallow(exc):
                 raise
         finally:
             session._task_scopes.discard(scope)
@@ -383,22 +537,24 @@ class Supervisor:
                 self._end(session)
 
     def _end(self, session: Session) -> None:
-        """The actor and its tasks are done: publish the terminal event and free the slot."""
+        """The actor and its tasks are done: publish the terminal event and free the slot.
+
+        The kind and reason were decided when the session began to end (`_ending`,
+        `_actor_returned`, `_close`); only a failure, which always wins, is decided here.
+        """
         now = trio.current_time()
         if session._error is not None:
             kind, reason = EventKind.FAILED, session._error_reason
             self._failed_total += 1
-        elif session._close_reason is not None:
-            kind, reason = EventKind.CLOSED, session._close_reason
-            self._closed_total += 1
-        elif session._scope.cancel_called:
-            kind, reason = EventKind.EXPIRED, self._expiry_reason(session, now)
+        elif session._expired:
+            kind, reason = EventKind.EXPIRED, session._close_reason
             self._expired_total += 1
         else:
-            kind, reason = EventKind.CLOSED, "actor-returned"
+            kind, reason = EventKind.CLOSED, session._close_reason
             self._closed_total += 1
         # Set before the last transitions so their snapshots already say why the session ends.
         session._close_reason = reason
+        session._in_flight = 0  # a busy() block still open, or calls still waiting, end here
         if kind is EventKind.FAILED:
             self._transition(session, _S.ERROR, now)
         else:
@@ -420,16 +576,7 @@ class Supervisor:
             for msg in session._pending:
                 msg._close(closed)
             session._pending = None
-        session._in_flight = 0
         self._release(session._principal)
-
-    @staticmethod
-    def _expiry_reason(session: Session, now: float) -> str:
-        if now >= session._lifetime_deadline:
-            return "max-lifetime"
-        if not session._initialized and now >= session._hard:
-            return "init-timeout"
-        return "idle-timeout"
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -451,16 +598,12 @@ class Supervisor:
         if self._bus:
             self._bus.publish(EventKind.STATE_CHANGED, session, now, old_state=old, new_state=new)
 
-    def _check_live(self, session: Session) -> None:
-        if session._ended:
-            raise SessionClosed(f"session {_short(session._id)} has ended")
-
     def _check_serving(self, session: Session) -> None:
-        if session._close_reason is not None:
+        if _ending(session):
             raise SessionClosed(f"session {_short(session._id)} is closing")
 
     def _set_state(self, session: Session, state: SessionState) -> None:
-        self._check_live(session)
+        _check_live(session)
         state = SessionState(state)
         if state is _S.CLOSING:
             self._close(session, "closed")  # no-op when already closing
@@ -482,7 +625,7 @@ class Supervisor:
         protocol_version: Any,
         capabilities: Any,
     ) -> None:
-        self._check_live(session)
+        _check_live(session)
         self._check_serving(session)
         if session._state not in (_S.CREATED, _S.INITIALIZING):
             raise InvalidTransition(
@@ -500,10 +643,9 @@ class Supervisor:
             self._bus.publish(EventKind.INITIALIZED, session, now)
 
     def _authenticate(self, session: Session, principal: str) -> None:
-        self._check_live(session)
+        _check_principal(principal)
+        _check_live(session)
         self._check_serving(session)
-        if principal is None:
-            raise TypeError("principal must not be None")
         if session._principal is not None:
             if session._principal != principal:
                 raise PrincipalMismatch(
@@ -527,8 +669,8 @@ class Supervisor:
                 self._bus.publish(EventKind.AUTHENTICATED, session, now)
 
     def _close(self, session: Session, reason: str, grace: float | None = None) -> bool:
-        if session._close_reason is not None or session._ended:
-            return False
+        if _ending(session):
+            return False  # its end is decided already (an expiry that fired, actor-returned...)
         session._close_reason = reason
         now = trio.current_time()
         if session._state is not _S.CLOSING:
@@ -551,6 +693,8 @@ class Supervisor:
 
     def touch(self, session_id: str) -> None:
         """Record activity now: the idle deadline restarts. O(1); the seed's ``updateActivity``.
+
+        No effect once a deadline has fired: the session is ending and that deadline stays.
 
         Raises:
             SessionNotFound: no such session.
@@ -636,23 +780,29 @@ class Supervisor:
 
         Returns:
             True if the session was serving and is now closing; False if there is no such
-            session or it was already closing.
+            session or its end is already decided: it is closing, a deadline has fired (it
+            stays ``EXPIRED`` with that deadline's reason), or its actor has returned (it
+            stays ``actor-returned``).
+
+        Raises:
+            TypeError: ``reason`` is not a str.
         """
+        reason = _check_reason(reason)
         session = self._sessions.get(session_id)
         if session is None:
             return False
-        return self._close(session, reason or "closed")
+        return self._close(session, reason)
 
     def close_all(self, reason: str | None = None) -> int:
         """`close_session` for every session; returns how many began closing. O(n)."""
-        reason = reason or "closed"
+        reason = _check_reason(reason)
         return sum(self._close(s, reason) for s in list(self._sessions.values()))
 
     # -- messages ------------------------------------------------------------------------------
 
-    def _deliverable(self, session_id: str) -> Session:
+    def _deliverable(self, session_id: str, now: float) -> Session:
         session = self._live(session_id)
-        if session._close_reason is not None:
+        if session._close_reason is not None or (_fired(session, now) and _ending(session)):
             raise SessionClosed(f"session {_short(session_id)} is closing")
         return session
 
@@ -687,9 +837,10 @@ class Supervisor:
 
         Raises:
             SessionNotFound: no such session.
-            SessionClosed: the session is closing or ended (also if it does while waiting).
+            SessionClosed: the session is ending (closing, or a deadline fired) or ended (also
+                if it does while waiting).
         """
-        session = self._deliverable(session_id)
+        session = self._deliverable(session_id, trio.current_time())
         assert session._send is not None
         self._queue(session)
         try:
@@ -707,10 +858,11 @@ class Supervisor:
 
         Raises:
             SessionNotFound: no such session.
-            SessionClosed: the session is closing or ended.
+            SessionClosed: the session is ending (closing, or a deadline fired) or ended.
             MailboxFull: the mailbox holds ``mailbox_size`` messages already.
         """
-        session = self._deliverable(session_id)
+        now = trio.current_time()
+        session = self._deliverable(session_id, now)
         assert session._send is not None
         self._queue(session)
         try:
@@ -718,7 +870,7 @@ class Supervisor:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise self._undelivered(session, exc) from None
         self._delivered(session)
-        _touch(session, trio.current_time())
+        _touch(session, now)
 
     async def call(
         self,
@@ -731,7 +883,9 @@ class Supervisor:
 
         The session is not idle while the call is in flight: its idle clock restarts when the
         last call in flight ends. Waits while the mailbox is full. Cancellation-safe: a
-        cancelled call leaves nothing in flight, and a reply that comes later is dropped.
+        cancelled call leaves nothing in flight, and a reply that comes later is dropped
+        (``msg.reply`` returns False); once ``msg.reply`` has returned True the caller gets
+        the answer, even if it is cancelled before it resumes.
 
         Args:
             timeout: seconds to wait for delivery and reply together; ``None``: no limit.
@@ -741,11 +895,14 @@ class Supervisor:
 
         Raises:
             SessionNotFound: no such session.
-            SessionClosed: the session is closing, or ended before replying.
+            SessionClosed: the session is ending (closing, or a deadline fired), or ended
+                before replying.
             trio.TooSlowError: no reply within ``timeout``.
             Exception: what the actor passed to ``msg.fail``.
         """
-        session = self._deliverable(session_id)
+        # Checked at this step's time, so the pause in _begin_flight (same step, no
+        # checkpoint between) cannot move a deadline that fired.
+        session = self._deliverable(session_id, trio.current_time())
         if timeout is None:
             return await self._call(session, payload)
         with trio.fail_after(timeout):
@@ -848,26 +1005,43 @@ class Supervisor:
         """Stop admitting, close every session, wait up to ``grace``, then cancel what remains.
 
         Every session still gets its terminal event (reason ``"shutdown"`` for those it closes),
-        and subscriptions end after delivering them. Idempotent: a second call waits for the
-        first to finish. Leaving the `open_supervisor` block calls it.
+        and subscriptions end after delivering them. Leaving the `open_supervisor` block calls
+        it.
+
+        Idempotent and cancellation-safe: every call returns once the last session has ended
+        (concurrent callers all return then), and a later call's ``grace`` can shorten the wait,
+        never lengthen it. Cancelling a call cancels every session still running at once (they
+        still get their terminal events); a later call, or leaving the block, then waits only
+        for those actors to finish, not for another grace period.
 
         Args:
             grace: seconds actors get to return; default ``config.shutdown_grace``.
+
+        Raises:
+            ValueError: ``grace`` is not a number of seconds >= 0 (nothing was done).
         """
-        if self._closing:
-            await self._shutdown_done.wait()
-            return
-        self._begin_shutdown()
         if grace is None:
             grace = self._config.shutdown_grace
+        elif not _is_seconds(grace):
+            raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        if not self._closing:
+            self._begin_shutdown()
         now = trio.current_time()
+        deadline = now + grace
         for session in list(self._sessions.values()):
-            if not self._close(session, "shutdown", grace):
-                # Already closing: keep its own close deadline unless ours is sooner.
-                session._scope.deadline = min(session._scope.deadline, now + grace)
-        await self._all_ended.wait()
+            if not self._close(session, "shutdown", grace) and session._scope.deadline > deadline:
+                # Already ending: keep its own deadline unless ours is sooner. (A deadline that
+                # fired is in the past, so it never moves.)
+                session._scope.deadline = deadline
+        if not self._all_ended.is_set():
+            try:
+                await self._all_ended.wait()
+            except BaseException:
+                self._cancel_remaining()
+                raise
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
         self._bus.close()
-        self._shutdown_done.set()
 
     def _begin_shutdown(self) -> None:
         self._closing = True
@@ -878,11 +1052,89 @@ class Supervisor:
         if self._used == 0:
             self._all_ended.set()
 
+    def _cancel_remaining(self) -> None:
+        """A shutdown was cancelled: cancel every session still running, at once.
 
-def _short(session_id: object) -> str:
-    """An id prefix for messages and logs: full ids are credentials and stay out of both."""
-    text = str(session_id)
-    return text[:8] + "…" if len(text) > 8 else text
+        Every one of them is ending already (closed by the shutdown, expired, or its actor
+        returned), so the scope is never cancelled without a decided reason (see `_ending`).
+        """
+        for session in self._sessions.values():
+            session._scope.cancel()
+
+
+# -- argument checks: before anything is reserved or changed -------------------------------------
+
+
+def _check_create(
+    actor: object,
+    transport: object,
+    principal: object,
+    metadata: object,
+) -> tuple[Transport, dict[str, Any] | None]:
+    if not callable(actor):
+        raise TypeError(
+            f"actor must be an async function taking the session's context, got {actor!r:.60}"
+        )
+    if transport.__class__ is not Transport:
+        try:
+            transport = Transport(transport)  # type: ignore[arg-type]  # checked here
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"transport must be a Transport or one of {_TRANSPORTS}, got {transport!r:.60}"
+            ) from None
+    assert isinstance(transport, Transport)
+    if principal is not None:
+        _check_principal(principal)
+    if metadata is None:
+        return transport, None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
+    return transport, dict(metadata) if metadata else None
+
+
+def _check_principal(principal: object) -> None:
+    # The value itself stays out of the message: a principal may be a credential's subject.
+    if not isinstance(principal, str):
+        raise TypeError(f"principal must be a str, got {type(principal).__name__}")
+    if not principal:
+        raise ValueError("principal must be a non-empty str")
+
+
+def _check_reason(reason: object) -> str:
+    if reason is None:
+        return "closed"
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str or None, got {type(reason).__name__}")
+    return reason or "closed"
+
+
+def _is_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+        and value >= 0
+    )
+
+
+# -- how an actor or a background task ended -----------------------------------------------------
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    """A `trio.Cancelled`, or a group of nothing else (an inner nursery that was cancelled)."""
+    if isinstance(exc, trio.Cancelled):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and all(_only_cancelled(e) for e in exc.exceptions)
+
+
+def _ours_to_swallow(exc: BaseException) -> bool:
+    """What fails one session and stops there: an Exception, a stray Cancelled, groups of them.
+
+    KeyboardInterrupt, SystemExit and the like (alone or in a group) are not: they propagate.
+    """
+    if isinstance(exc, Exception | trio.Cancelled):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and all(_ours_to_swallow(e) for e in exc.exceptions)
 
 
 @asynccontextmanager
@@ -890,22 +1142,28 @@ async def open_supervisor(**config: Any) -> AsyncIterator[Supervisor]:
     """Open a supervisor: a nursery whose tasks are the session actors.
 
     Keywords are the fields of `SupervisorConfig`. Leaving the block normally shuts down
-    gracefully (`Supervisor.shutdown`); an exception in the block cancels every session at once
-    (each still gets its terminal event, reason ``"cancelled"``) and propagates.
+    gracefully (`Supervisor.shutdown`); an exception in the block (a cancellation included)
+    cancels every session at once (each still gets its terminal event, reason
+    ``"cancelled"``) and propagates. However the block is left, every subscription ends after
+    the last terminal event.
 
     Raises:
         TypeError: an unknown keyword.
         ValueError: a value out of range.
     """
     cfg = SupervisorConfig(**config)
-    async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(cfg, nursery)
-        try:
-            yield supervisor
-        except BaseException:
-            supervisor._begin_shutdown()
-            nursery.cancel_scope.cancel()
-            raise
-        else:
-            await supervisor.shutdown()
-    supervisor._bus.close()
+    supervisor: Supervisor | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            supervisor = Supervisor(cfg, nursery)
+            try:
+                yield supervisor
+            except BaseException:
+                supervisor._begin_shutdown()
+                nursery.cancel_scope.cancel()
+                raise
+            else:
+                await supervisor.shutdown()
+    finally:
+        if supervisor is not None:
+            supervisor._bus.close()

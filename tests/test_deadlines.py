@@ -189,3 +189,174 @@ async def test_deadline_property_reports_the_exact_idle_deadline(
         await trio.sleep(2)
         sup.touch(session.id)
         assert session.deadline == pytest.approx(12.0)
+
+
+# -- issue 9: the terminal kind and reason are the ones that fired, decided once ----------------
+
+
+def slow_cleanup(seconds: float, seen: list[Any] | None = None) -> Callable[..., Any]:
+    """An actor (READY at once unless told otherwise) whose cleanup, once cancelled, is slow."""
+
+    async def actor(ctx: SessionContext[Any], ready: bool = True) -> None:
+        if ready:
+            ctx.initialize()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                if seen is not None:
+                    seen.append(("closing", ctx.closing))
+                    seen.append(("close", ctx.close("too late")))
+                await trio.sleep(seconds)
+
+    return actor
+
+
+@pytest.mark.parametrize(
+    ("config", "ready", "reason", "fired_at"),
+    [
+        ({"idle_timeout": 10.0, "max_lifetime": 30.0}, True, "idle-timeout", 10.0),
+        ({"idle_timeout": 10.0, "init_timeout": 30.0}, False, "idle-timeout", 10.0),
+        (
+            {"idle_timeout": 100.0, "init_timeout": 10.0, "max_lifetime": 30.0},
+            False,
+            "init-timeout",
+            10.0,
+        ),
+        ({"idle_timeout": 100.0, "max_lifetime": 10.0}, True, "max-lifetime", 10.0),
+    ],
+)
+async def test_the_expiry_reason_is_the_deadline_that_fired_not_when_cleanup_ended(
+    autojump_clock: trio.testing.MockClock,
+    config: dict[str, Any],
+    ready: bool,
+    reason: str,
+    fired_at: float,
+) -> None:
+    actor = slow_cleanup(200.0)
+    async with open_supervisor(deadline_slack=0.0, **config) as sup:
+        session = sup.create_session_nowait(lambda ctx: actor(ctx, ready))
+        event = await terminal_event(sup, session.id)
+        assert (event.kind, event.reason) == (EventKind.EXPIRED, reason)
+        assert event.at == pytest.approx(fired_at + 200.0)
+        assert sup.statistics().expired_total == 1
+
+
+async def test_close_during_expiry_cleanup_is_refused_and_the_session_stays_expired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[Any] = []
+    async with open_supervisor(idle_timeout=10.0, deadline_slack=0.0, max_lifetime=50.0) as sup:
+        session = sup.create_session_nowait(slow_cleanup(100.0, seen))
+        events = sup.subscribe(kinds=TERMINAL, session_id=session.id)
+        await trio.sleep(15)  # the idle deadline fired at 10; the actor is cleaning up
+        assert seen == [("closing", True), ("close", False)]
+        assert session.deadline == pytest.approx(10.0)
+        assert session.close_reason == "idle-timeout"
+        assert sup.close_session(session.id) is False
+        assert sup.close_session(session.id, "admin") is False
+        assert sup.close_all() == 0
+        sup.touch(session.id)  # touches do not move the deadline that fired
+        sup.set_metadata(session.id, "k", "v")
+        assert session.deadline == pytest.approx(10.0)
+        with pytest.raises(SessionClosed):
+            sup.send_nowait(session.id, "late")
+        with pytest.raises(SessionClosed):
+            await sup.call(session.id, "late")
+        with pytest.raises(SessionClosed):
+            sup.initialize_session(session.id)
+        assert session.in_flight == 0
+        event = await terminal_event_from(events)
+        assert (event.kind, event.reason) == (EventKind.EXPIRED, "idle-timeout")
+        assert event.at == pytest.approx(110.0)
+        stats = sup.statistics()
+        assert (stats.expired_total, stats.closed_total) == (1, 0)
+        assert sup.metrics().expired == 1
+
+
+async def test_a_busy_block_in_expiry_cleanup_does_not_move_the_deadline_that_fired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def actor(ctx: SessionContext[Any]) -> None:
+        ctx.initialize()
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True), ctx.busy():
+                await trio.sleep(100)  # past the lifetime deadline
+
+    async with open_supervisor(idle_timeout=10.0, deadline_slack=0.0, max_lifetime=50.0) as sup:
+        session = sup.create_session_nowait(actor)
+        event = await terminal_event(sup, session.id)
+        assert (event.kind, event.reason) == (EventKind.EXPIRED, "idle-timeout")
+        assert session.in_flight == 0
+
+
+async def test_close_after_the_actor_returned_keeps_actor_returned(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def lingering_task() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(5)  # the session ends only when this is done
+
+    async def actor(ctx: SessionContext[Any]) -> None:
+        ctx.start_soon(lingering_task)
+
+    async with open_supervisor() as sup:
+        session = sup.create_session_nowait(actor)
+        events = sup.subscribe(kinds=TERMINAL, session_id=session.id)
+        await trio.sleep(1)
+        assert session.id in sup
+        assert session.close_reason == "actor-returned"
+        assert sup.close_session(session.id, "admin") is False
+        event = await terminal_event_from(events)
+        assert (event.kind, event.reason) == (EventKind.CLOSED, "actor-returned")
+
+
+async def test_expiry_that_fires_as_the_supervisor_is_cancelled_stays_an_expiry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sub = None
+    with trio.move_on_after(20):
+        async with open_supervisor(idle_timeout=10.0, deadline_slack=0.0) as sup:
+            sub = sup.subscribe(kinds=TERMINAL)
+            sup.create_session_nowait(slow_cleanup(100.0))
+            await trio.sleep_forever()  # the expiry at 10 is cleaning up when 20 cancels all
+    assert sub is not None
+    (event,) = events_only([sub.receive_nowait()])
+    assert (event.kind, event.reason) == (EventKind.EXPIRED, "idle-timeout")
+
+
+async def test_a_busy_block_held_across_the_end_never_makes_in_flight_negative(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    contexts: list[SessionContext[Any]] = []
+
+    async def actor(ctx: SessionContext[Any]) -> None:
+        contexts.append(ctx)
+        async for _ in ctx.mailbox:
+            pass
+
+    async with open_supervisor(idle_timeout=10.0) as sup:
+        session = sup.create_session_nowait(actor)
+        await trio.sleep(1)
+        (ctx,) = contexts
+        with ctx.busy():
+            assert session.in_flight == 1
+            sup.close_session(session.id)
+            await trio.sleep(1)
+            assert session.id not in sup
+            assert session.in_flight == 0
+        assert session.in_flight == 0
+        assert session.snapshot().in_flight == 0
+
+
+async def terminal_event_from(events: Any) -> Event:
+    async with events:
+        async for item in events:
+            assert isinstance(item, Event)
+            return item
+    raise AssertionError("no terminal event")  # pragma: no cover

@@ -273,3 +273,82 @@ async def test_message_repr_and_session_repr_do_not_leak_the_full_id() -> None:
         with pytest.raises(SessionNotFound) as info:
             sup.get_session(session.id[:-1] + "!")
         assert session.id[:-1] not in str(info.value)
+
+
+# -- issue 9: hardening -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mailbox_size", [0, 1])
+async def test_a_reply_reported_delivered_reaches_the_caller_even_if_it_is_cancelled_next(
+    autojump_clock: trio.testing.MockClock, mailbox_size: int
+) -> None:
+    """The full-mailbox path: the caller waits in ``send`` and is answered before it resumes."""
+    delivered: list[bool] = []
+    caller_scope = trio.CancelScope()
+    received: list[Any] = []
+
+    async def actor(ctx: SessionContext[Any]) -> None:
+        await trio.sleep(1)  # let the mailbox fill up and the caller wait for room
+        while True:
+            # receive_nowait does not yield: the caller, just let out of its wait for room,
+            # has not run yet when the answer is set.
+            msg = ctx.mailbox.receive_nowait()
+            ok = msg.reply(msg.payload * 2)
+            delivered.append(ok)
+            if msg.payload == 21:
+                caller_scope.cancel()  # the caller is cancelled after it was answered
+                return
+
+    async with open_supervisor(mailbox_size=mailbox_size) as sup:
+        session = sup.create_session_nowait(actor)
+        if mailbox_size:
+            sup.send_nowait(session.id, 0)  # fills the mailbox
+        with caller_scope:
+            received.append(await sup.call(session.id, 21))
+        assert delivered[-1] is True
+        assert received == [42]  # True means delivered
+        assert session.in_flight == 0
+        sup.close_all()
+
+
+async def test_an_abandoned_or_late_call_never_makes_in_flight_negative(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    kept: list[Message[Any]] = []
+
+    async def hoarder(ctx: SessionContext[Any]) -> None:
+        async for msg in ctx.mailbox:
+            kept.append(msg)
+            return  # ends with the call unanswered
+
+    async with open_supervisor() as sup:
+        session = sup.create_session_nowait(hoarder)
+        with pytest.raises(SessionClosed):
+            await sup.call(session.id, "q")
+        (msg,) = kept
+        assert msg.reply("too late") is False
+        assert session.in_flight == 0
+        assert session.mailbox_depth == 0
+
+
+async def test_mailbox_depth_is_zero_once_the_session_ended_with_messages_buffered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def ignores_its_mailbox(ctx: SessionContext[Any]) -> None:
+        await trio.sleep(1)
+
+    async with open_supervisor(mailbox_size=4) as sup:
+        session = sup.create_session_nowait(ignores_its_mailbox)
+        for n in range(4):
+            sup.send_nowait(session.id, n)
+        async with trio.open_nursery() as nursery:
+
+            async def blocked_sender() -> None:
+                with pytest.raises(SessionClosed):
+                    await sup.send(session.id, "waits for room")
+
+            nursery.start_soon(blocked_sender)
+            await trio.testing.wait_all_tasks_blocked()
+            assert session.mailbox_depth == 5
+        assert session.id not in sup
+        assert session.mailbox_depth == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import secrets
 import string
 from typing import Any
@@ -431,3 +433,371 @@ async def test_closing_an_actor_that_ignores_its_mailbox_still_ends_it(
         assert session.id not in sup
         with pytest.raises(SessionClosed):
             SessionContext(session, sup).touch()
+
+
+# -- issue 9: hardening -------------------------------------------------------------------------
+
+BAD_CREATE_ARGUMENTS: list[tuple[dict[str, Any], type[Exception], str]] = [
+    ({"transport": "x"}, ValueError, "transport"),
+    ({"transport": ["http"]}, ValueError, "transport"),
+    ({"metadata": 5}, TypeError, "metadata"),
+    ({"metadata": "not a mapping"}, TypeError, "metadata"),
+    ({"principal": ["alice"]}, TypeError, "principal"),
+    ({"principal": 5}, TypeError, "principal"),
+    ({"principal": b"alice"}, TypeError, "principal"),
+    ({"principal": ""}, ValueError, "principal"),
+    ({"actor": 5}, TypeError, "actor"),
+    ({"actor": None}, TypeError, "actor"),
+]
+
+
+@pytest.mark.parametrize(("bad", "error", "names"), BAD_CREATE_ARGUMENTS)
+@pytest.mark.parametrize("waiting", [False, True])
+async def test_invalid_create_arguments_raise_before_a_slot_is_reserved(
+    autojump_clock: trio.testing.MockClock,
+    bad: dict[str, Any],
+    error: type[Exception],
+    names: str,
+    waiting: bool,
+) -> None:
+    async with open_supervisor(max_sessions=1, max_sessions_per_principal=1) as sup:
+        kwargs: dict[str, Any] = {"actor": idle_actor, **bad}
+        actor = kwargs.pop("actor")
+        for _ in range(3):  # each failure leaves nothing behind, so the next one fails alike
+            with pytest.raises(error, match=names):
+                if waiting:
+                    await sup.create_session(actor, **kwargs)
+                else:
+                    sup.create_session_nowait(actor, **kwargs)
+        stats = sup.statistics()
+        assert (stats.total, stats.created_total, stats.rejected_total) == (0, 0, 0)
+        assert sup._used == 0 and sup._by_principal == {}
+        session = sup.create_session_nowait(idle_actor, principal="alice")  # the slot is free
+        assert session.id in sup
+        with trio.fail_after(10):
+            await sup.shutdown()
+
+
+async def test_invalid_arguments_of_a_waiting_create_raise_at_once_even_when_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor(max_sessions=1) as sup:
+        holder = sup.create_session_nowait(idle_actor)
+        start = trio.current_time()
+        with pytest.raises(ValueError, match="transport"):
+            await sup.create_session(idle_actor, transport="x")  # type: ignore[arg-type]
+        assert trio.current_time() == start  # did not wait for a slot first
+        assert sup.statistics().waiting == 0
+        sup.close_session(holder.id)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sup._used == 0
+        sup.create_session_nowait(idle_actor)
+        with trio.fail_after(10):
+            await sup.shutdown()
+
+
+async def test_a_failure_to_start_the_actor_task_releases_the_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor(max_sessions=1) as sup:
+        nursery = sup._nursery
+
+        class Refusing:
+            def start_soon(self, *args: Any, **kwargs: Any) -> None:
+                raise RuntimeError("Nursery is closed to new arrivals")
+
+        sup._nursery = Refusing()  # type: ignore[assignment]
+        with pytest.raises(RuntimeError, match="closed"):
+            sup.create_session_nowait(idle_actor, principal="p")
+        sup._nursery = nursery
+        assert (len(sup), sup._used, sup._by_principal) == (0, 0, {})
+        assert sup.statistics().created_total == 0
+        sup.create_session_nowait(idle_actor)
+        with trio.fail_after(10):
+            await sup.shutdown()
+
+
+async def test_authenticate_rejects_a_non_str_principal_and_changes_nothing() -> None:
+    async with open_supervisor(max_sessions_per_principal=1) as sup:
+        session = sup.create_session_nowait(idle_actor)
+        for bad in (5, ["alice"], b"alice"):
+            with pytest.raises(TypeError, match="principal"):
+                sup.authenticate_session(session.id, bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="principal"):
+            sup.authenticate_session(session.id, "")
+        assert session.principal is None and not session.is_authenticated
+        assert sup._by_principal == {}
+        sup.authenticate_session(session.id, "alice")
+        assert session.principal == "alice"
+
+
+async def test_shutdown_rejects_a_bad_grace_before_doing_anything() -> None:
+    async with open_supervisor() as sup:
+        for bad in (-1.0, math.nan, "5"):
+            with pytest.raises(ValueError, match="grace"):
+                await sup.shutdown(bad)  # type: ignore[arg-type]
+        assert not sup.closing
+        sup.create_session_nowait(idle_actor)
+
+
+async def test_a_cancelled_shutdown_is_completed_by_leaving_the_block_without_a_second_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def tidy(ctx: SessionContext[Any]) -> None:
+        async for _ in ctx.mailbox:
+            pass
+
+    async def stubborn(ctx: SessionContext[Any]) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(2)  # cleanup that takes a while once cancelled
+
+    items: list[Any] = []
+    async with trio.open_nursery() as outer:
+        async with open_supervisor(shutdown_grace=100.0) as sup:
+            events = sup.subscribe()
+
+            async def collect() -> None:
+                async for item in events:  # must end once the supervisor is done
+                    items.append(item)
+
+            outer.start_soon(collect)
+            sup.create_session_nowait(tidy)
+            stubborn_session = sup.create_session_nowait(stubborn)
+            start = trio.current_time()
+            with trio.move_on_after(1) as scope:
+                await sup.shutdown()
+            assert scope.cancelled_caught
+            # Cancelling the shutdown cancelled what was left at once.
+            assert stubborn_session.id in sup
+        # Leaving the block waited only for that cleanup, not for a second grace period.
+        assert trio.current_time() - start == pytest.approx(3.0)
+        assert len(sup) == 0
+    terminal = [e for e in events_only(items) if e.kind.is_terminal]
+    assert [e.reason for e in terminal] == ["shutdown", "shutdown"]
+    assert terminal[1].session_id == stubborn_session.id
+    assert terminal[1].kind is EventKind.CLOSED
+
+
+async def test_a_cancelled_shutdown_does_not_poison_the_next_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor(shutdown_grace=10.0) as sup:
+        sup.create_session_nowait(idle_actor)
+        with trio.move_on_after(0):  # cancelled before anything could end
+            await sup.shutdown()
+        with trio.fail_after(1):
+            await sup.shutdown()
+        assert len(sup) == 0
+        with trio.fail_after(1):
+            await sup.shutdown()  # and again: idempotent
+
+
+async def test_a_shutdown_cancelled_after_every_session_ended_is_completed_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor() as sup:
+        sub = sup.subscribe()
+        session = sup.create_session_nowait(idle_actor)
+        sup.close_session(session.id)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(sup) == 0
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await sup.shutdown()
+    with trio.fail_after(1):
+        assert [e.kind for e in events_only(drain(sub))][-1] is EventKind.CLOSED
+        async for _ in sub:  # ended: the supervisor has shut down
+            raise AssertionError("nothing left to deliver")  # pragma: no cover
+
+
+async def test_concurrent_shutdown_callers_all_return_when_it_is_done(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(ctx: SessionContext[Any]) -> None:
+        async for _ in ctx.mailbox:
+            pass
+        await trio.sleep(3)
+
+    returned: list[float] = []
+    async with open_supervisor(shutdown_grace=10.0) as sup:
+        session = sup.create_session_nowait(slow)
+        await trio.lowlevel.checkpoint()
+
+        async def stop(grace: float | None) -> None:
+            await sup.shutdown(grace)
+            assert session.id not in sup
+            returned.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            for grace in (None, 5.0, None):
+                nursery.start_soon(stop, grace)
+    assert returned == [pytest.approx(3.0)] * 3
+
+
+async def test_a_later_shutdown_with_a_shorter_grace_tightens_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def stubborn(ctx: SessionContext[Any]) -> None:
+        await trio.sleep_forever()
+
+    async with open_supervisor(shutdown_grace=100.0) as sup:
+        sup.create_session_nowait(stubborn)
+        await trio.lowlevel.checkpoint()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sup.shutdown)
+            await trio.sleep(1)
+            await sup.shutdown(2.0)
+            assert trio.current_time() == pytest.approx(3.0)
+
+
+class _KeptCancelled:
+    """Makes a trio.Cancelled the way a buggy actor might keep one from an inner scope."""
+
+    @staticmethod
+    async def make() -> trio.Cancelled:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await trio.lowlevel.checkpoint()
+            except trio.Cancelled as exc:
+                return exc
+        raise AssertionError("not cancelled")  # pragma: no cover
+
+
+async def test_a_stray_cancelled_from_an_actor_fails_only_that_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def stray(ctx: SessionContext[Any]) -> None:
+        kept = await _KeptCancelled.make()
+        async for _ in ctx.mailbox:
+            raise kept
+
+    async def stray_group(ctx: SessionContext[Any]) -> None:
+        kept = await _KeptCancelled.make()
+        async for _ in ctx.mailbox:
+            raise BaseExceptionGroup("inner", [kept])
+
+    after_block: list[bool] = []
+    async with open_supervisor() as sup:
+        async with sup.subscribe(kinds={EventKind.FAILED}) as failures:
+            sibling = sup.create_session_nowait(echo_actor)
+            bad = sup.create_session_nowait(stray)
+            bad_group = sup.create_session_nowait(stray_group)
+            await trio.sleep(1)
+            sup.send_nowait(bad.id, "go")
+            sup.send_nowait(bad_group.id, "go")
+            await trio.sleep(1)
+            assert await sup.call(sibling.id, "still here") == "still here"
+            failed = {e.session_id: e for e in events_only(drain(failures))}
+            assert set(failed) == {bad.id, bad_group.id}
+            assert isinstance(failed[bad.id].error, trio.Cancelled)
+            assert isinstance(failed[bad_group.id].error, BaseExceptionGroup)
+            assert {e.reason for e in failed.values()} == {"actor-error"}
+            assert sup.statistics().failed_total == 2
+            after_block.append(True)
+        sup.close_all()
+    assert after_block == [True]  # the block ran to its end
+
+
+async def test_a_stray_cancelled_from_a_background_task_fails_only_that_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def task() -> None:
+        raise await _KeptCancelled.make()
+
+    async def actor(ctx: SessionContext[Any]) -> None:
+        async for _ in ctx.mailbox:
+            ctx.start_soon(task)
+
+    reached_the_end = False
+    async with open_supervisor() as sup:
+        async with sup.subscribe(kinds={EventKind.FAILED}) as failures:
+            sibling = sup.create_session_nowait(echo_actor)
+            bad = sup.create_session_nowait(actor)
+            sup.send_nowait(bad.id, "go")
+            await trio.sleep(1)
+            (event,) = events_only(drain(failures))
+            assert (event.session_id, event.reason) == (bad.id, "task-error")
+            assert isinstance(event.error, trio.Cancelled)
+            assert await sup.call(sibling.id, 1) == 1
+            reached_the_end = True
+        sup.close_all()
+    assert reached_the_end  # the block was not abandoned
+
+
+async def test_the_supervisors_own_cancellation_still_reads_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def with_inner_nursery(ctx: SessionContext[Any]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()
+
+    sub = None
+    with trio.move_on_after(5):
+        async with open_supervisor() as sup:
+            sub = sup.subscribe()
+            sup.create_session_nowait(idle_actor)
+            sup.create_session_nowait(with_inner_nursery)
+            await trio.sleep_forever()
+    assert sub is not None
+    terminal = [e for e in events_only(drain(sub)) if e.kind.is_terminal]
+    assert [(e.kind, e.reason) for e in terminal] == [(EventKind.CLOSED, "cancelled")] * 2
+
+
+@pytest.mark.parametrize("how", ["exception", "cancelled"])
+async def test_every_subscription_ends_however_the_block_is_left(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    class Stop(Exception):
+        pass
+
+    seen: list[Any] = []
+    ended = trio.Event()
+
+    async def reader(sub: Any) -> None:
+        async for item in sub:
+            seen.append(item)
+        ended.set()
+
+    async with trio.open_nursery() as outer:
+        with (
+            trio.move_on_after(3),
+            pytest.RaisesGroup(Stop, allow_unwrapped=True, flatten_subgroups=True)
+            if how == "exception"
+            else contextlib.nullcontext(),
+        ):
+            async with open_supervisor() as sup:
+                outer.start_soon(reader, sup.subscribe())
+                sup.create_session_nowait(echo_actor)
+                await trio.sleep(1)
+                if how == "exception":
+                    raise Stop
+                await trio.sleep_forever()
+        with trio.fail_after(1):
+            await ended.wait()
+    kinds = [e.kind for e in events_only(seen)]
+    assert kinds[0] is EventKind.CREATED and kinds[-1] is EventKind.CLOSED
+
+
+async def test_ids_in_messages_are_at_most_eight_characters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor(mailbox_size=1) as sup:
+        session = sup.create_session_nowait(idle_actor)
+        errors: list[BaseException] = []
+        with pytest.raises(SessionNotFound) as not_found:
+            sup.get_session(session.id + "x")
+        errors.append(not_found.value)
+        sup.close_session(session.id)
+        with pytest.raises(SessionClosed) as closing:
+            sup.send_nowait(session.id, 1)
+        errors.append(closing.value)
+        for error in errors:
+            assert session.id[:8] in str(error)
+            assert session.id[:9] not in str(error)
+        assert "…" in str(not_found.value)
+        assert session.id[:9] not in repr(session)
