@@ -120,6 +120,22 @@ sdk_verifier = SdkVerifier()
 not_callable = 42
 
 
+def make_verifier() -> Any:
+    return verify_alice
+
+
+def make_sdk_verifier() -> SdkVerifier:
+    return sdk_verifier
+
+
+def make_nothing() -> int:
+    return 3
+
+
+async def two_arguments(token: str, other: str) -> str | None:
+    return None
+
+
 async def test_auth_loads_an_async_function() -> None:
     verifier: Any = load_verifier(f"{__name__}:verify_alice")
     assert await verifier("alice-token") == "alice"
@@ -136,6 +152,12 @@ def test_auth_passes_an_sdk_token_verifier_through() -> None:
     assert load_verifier(f"{__name__}:sdk_verifier") is sdk_verifier
 
 
+async def test_auth_calls_a_zero_argument_factory_once() -> None:
+    assert load_verifier(f"{__name__}:make_sdk_verifier") is sdk_verifier
+    verifier: Any = load_verifier(f"{__name__}:make_verifier")
+    assert await verifier("alice-token") == "alice"
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -144,6 +166,8 @@ def test_auth_passes_an_sdk_token_verifier_through() -> None:
         (f"{__name__}:no_such_attr", "has no attribute 'no_such_attr'"),
         (f"{__name__}:not_callable", "is not callable"),
         (f"{__name__}:SdkVerifier", "is a class"),
+        (f"{__name__}:two_arguments", "does not take one argument"),
+        (f"{__name__}:make_nothing", "did not return a verifier"),
     ],
 )
 def test_auth_explains_what_is_wrong(spec: str, message: str) -> None:

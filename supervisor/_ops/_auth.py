@@ -143,12 +143,14 @@ def load_verifier(spec: str) -> Any:
     """Import ``--auth module:attr``: an SDK ``TokenVerifier``, or a token -> principal function.
 
     An object with a ``verify_token`` method is returned as it is (`McpHttpApp` derives the
-    principal from the ``AccessToken``); a function (``async`` or not) is wrapped so it is
-    awaited when it returns an awaitable.
+    principal from the ``AccessToken``); a function of the token (``async`` or not) is wrapped
+    so it is awaited when it returns an awaitable; a zero-argument function is taken for a
+    factory and called once, here, for one of those.
 
     Raises:
         ValueError: ``spec`` is not ``module:attr``, the module cannot be imported, the
-            attribute is missing, is a class (point at an instance), or is not callable.
+            attribute is missing, is a class (point at an instance), is not callable, or does
+            not take one argument (nor zero, as a factory of a verifier).
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -169,7 +171,32 @@ def load_verifier(spec: str) -> Any:
         return target
     if not callable(target):
         raise ValueError(f"--auth {spec} is not callable (a {type(target).__name__}); {expected}")
+    if not _accepts(target, 1):
+        if not _accepts(target, 0):
+            raise ValueError(f"--auth {spec} does not take one argument (the token); {expected}")
+        # A zero-argument factory of a verifier (as --app takes a factory of a server).
+        made = target()
+        if inspect.isawaitable(made):
+            close = getattr(made, "close", None)
+            if callable(close):
+                close()
+            raise ValueError(f"--auth {spec} takes no token and is async; {expected}")
+        if callable(getattr(made, "verify_token", None)):
+            return made
+        if not callable(made) or not _accepts(made, 1):
+            raise ValueError(f"--auth {spec}() did not return a verifier; {expected}")
+        return _FunctionVerifier(made, spec)
     return _FunctionVerifier(target, spec)
+
+
+def _accepts(fn: Callable[..., Any], count: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to be had (some builtins): assume it does
+        return True
+    return True
 
 
 def verifier_from_args(args: argparse.Namespace) -> Any:
