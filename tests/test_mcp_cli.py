@@ -129,3 +129,21 @@ def test_load_app() -> None:
 def test_bad_app_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--app", "no_such_module_xyz:server", "--port", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_serve_help_documents_the_production_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 30: a client that never finishes it would otherwise hold a slot" in text
+    for flag in (
+        "--allowed-hosts",
+        "--allowed-origins",
+        "--auth-token-file",
+        "--auth MODULE:ATTR",
+        "--allow-unauthenticated",
+        "--max-lifetime",
+        "--max-sessions-per-principal",
+    ):
+        assert flag in text
+    assert "a second one cancels what is left at once" in text
