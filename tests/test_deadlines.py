@@ -15,6 +15,7 @@ from supervisor import (
     SessionClosed,
     SessionContext,
     SessionNotFound,
+    SessionState,
     open_supervisor,
 )
 
@@ -360,3 +361,33 @@ async def terminal_event_from(events: Any) -> Event:
             assert isinstance(item, Event)
             return item
     raise AssertionError("no terminal event")  # pragma: no cover
+
+
+async def test_shutdown_during_expiry_cleanup_keeps_the_expiry(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor(idle_timeout=10.0, deadline_slack=0.0, shutdown_grace=50.0) as sup:
+        session = sup.create_session_nowait(slow_cleanup(5.0))
+        events = sup.subscribe(kinds=TERMINAL)
+        await trio.sleep(12)  # expired at 10, cleaning up until 15
+        await sup.shutdown()
+        assert trio.current_time() == pytest.approx(15.0)
+    (event,) = events_only([events.receive_nowait()])
+    assert (event.session_id, event.kind, event.reason) == (
+        session.id,
+        EventKind.EXPIRED,
+        "idle-timeout",
+    )
+    assert sup.statistics().expired_total == 1
+
+
+async def test_set_state_closing_during_expiry_cleanup_changes_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor(idle_timeout=10.0, deadline_slack=0.0) as sup:
+        session = sup.create_session_nowait(slow_cleanup(5.0))
+        events = sup.subscribe(kinds=TERMINAL, session_id=session.id)
+        await trio.sleep(12)
+        sup.set_state(session.id, SessionState.CLOSING)  # the same as close_session: refused
+        event = await terminal_event_from(events)
+        assert (event.kind, event.reason) == (EventKind.EXPIRED, "idle-timeout")

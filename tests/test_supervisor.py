@@ -801,3 +801,15 @@ async def test_ids_in_messages_are_at_most_eight_characters(
             assert session.id[:9] not in str(error)
         assert "…" in str(not_found.value)
         assert session.id[:9] not in repr(session)
+
+
+async def test_close_reasons_must_be_strings() -> None:
+    async with open_supervisor() as sup:
+        session = sup.create_session_nowait(idle_actor)
+        with pytest.raises(TypeError, match="reason"):
+            sup.close_session(session.id, 5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="reason"):
+            sup.close_all(["x"])  # type: ignore[arg-type]
+        assert session.close_reason is None
+        assert sup.close_session(session.id, "bye")
+        assert session.close_reason == "bye"
