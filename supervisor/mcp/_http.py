@@ -8,9 +8,12 @@ stream). The SDK's session manager is not used for the stateful era. Requests of
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import json
 import logging
+import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
@@ -22,7 +25,13 @@ import trio
 from mcp.server._streamable_http_modern import handle_modern_request
 from mcp.server.auth.provider import AccessToken, principal_components
 from mcp.server.lowlevel.server import Server
-from mcp.server.streamable_http import EventStore, StreamableHTTPServerTransport
+from mcp.server.streamable_http import (
+    GET_STREAM_KEY,
+    EventCallback,
+    EventMessage,
+    EventStore,
+    StreamableHTTPServerTransport,
+)
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -39,6 +48,7 @@ from .. import (
     SupervisorClosed,
     Transport,
 )
+from .._ids import short_id
 from ._session import ServerSource, _Handshake, _serve_session, resolve_server
 
 if TYPE_CHECKING:
@@ -185,7 +195,7 @@ async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that yields ``body`` once, then defers to the real one (disconnects)."""
+    """A ``receive`` that yields ``body`` once, then defers to ``receive`` (disconnects)."""
     sent = False
 
     async def replay() -> ASGIMessage:
@@ -198,10 +208,36 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _disconnect_after(gone: trio.Event) -> Receive:
+    """A ``receive`` that returns ``http.disconnect`` once ``gone`` is set (see `_watch`)."""
+
+    async def receive() -> ASGIMessage:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _watch(receive: Receive, gone: trio.Event, cancel_scope: trio.CancelScope) -> None:
+    """Read ``receive`` until the client disconnects, then set ``gone`` and cancel."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            cancel_scope.cancel()
+            return
+
+
 @final
 @attrs.define(slots=True, eq=False)
 class _HttpExchange:
-    """One HTTP request handed to a session actor through `Supervisor.call`."""
+    """One HTTP request handed to a session actor through `Supervisor.call`.
+
+    The call is answered when the request's response is complete, except for a GET stream of
+    server-to-client messages (``standalone``, or a resumed one): that is not a request, so
+    the actor answers the call as soon as the stream starts (the session's idle clock runs on)
+    and the app waits for ``done``.
+    """
 
     scope: Scope
     receive: Receive
@@ -212,11 +248,121 @@ class _HttpExchange:
     initialize_accepted: bool = False
     #: The POST body, when the app has read it.
     body: bytes | None = None
+    #: A GET without ``Last-Event-ID``: the session's stream of server-to-client messages.
+    standalone: bool = False
+    #: Set by the actor when it has finished with this request (whatever the outcome).
+    done: trio.Event = attrs.field(factory=trio.Event)
+    #: What the transport raised after the call was answered early.
+    error: Exception | None = None
 
     async def tracking_send(self, message: ASGIMessage) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
         await self.send(message)
+
+
+#: While an exchange runs in its session: answers its call early (see `_HttpExchange`).
+_RELEASE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "supervisor_mcp_http_release", default=None
+)
+
+
+@final
+class _SessionEventStore(EventStore):
+    """One session's view of the app's (shared) event store: resumable streams stay private.
+
+    The SDK transport names streams by JSON-RPC request id (``"2"``) or ``"_GET_stream"``, the
+    same in every session, and replays whatever the store returns for a ``Last-Event-ID``. So
+    each session gets a random namespace of its own (not derived from the session id, which
+    must not reach the store or the wire): stream ids and event ids are stored and handed out
+    prefixed with it, and an event id without this session's prefix (another session's, or
+    another principal's, or a made-up one) is refused exactly like an unknown id: nothing is
+    replayed. The store must replay only events of the given event's stream (the SDK's
+    contract, and what its example store does); a replay it reports for another stream is
+    dropped whole.
+    """
+
+    __slots__ = ("_inner", "_prefix")
+
+    def __init__(self, inner: EventStore) -> None:
+        self._inner = inner
+        self._prefix = secrets.token_hex(8) + "."
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        event_id = await self._inner.store_event(self._prefix + stream_id, message)
+        return self._prefix + str(event_id)
+
+    async def replay_events_after(
+        self, last_event_id: str, send_callback: EventCallback
+    ) -> str | None:
+        prefix = self._prefix
+        if not last_event_id.startswith(prefix):
+            return None
+        replayed: list[EventMessage] = []
+
+        async def collect(event: EventMessage) -> None:
+            replayed.append(event)
+
+        stream_id = await self._inner.replay_events_after(last_event_id[len(prefix) :], collect)
+        if stream_id is None or not stream_id.startswith(prefix):
+            if stream_id is not None:
+                logger.error("the event store replayed another session's stream: dropped")
+            return None
+        stream_id = stream_id[len(prefix) :]
+        if stream_id == GET_STREAM_KEY:
+            # The resumed stream of server-to-client messages: not a request in flight.
+            release = _RELEASE.get()
+            if release is not None:
+                release()
+        for event in replayed:
+            event_id = None if event.event_id is None else prefix + event.event_id
+            await send_callback(EventMessage(event.message, event_id))
+        return stream_id
+
+
+class _VerifierFailed(Exception):
+    """The token verifier raised, or returned something that is neither a principal nor None."""
+
+
+#: Seconds between two log lines about expected refusals (503 at capacity, 429).
+_REFUSAL_LOG_INTERVAL = 60.0
+
+
+@final
+class _Refusals:
+    """Expected refusals logged without flooding: one WARNING, then at most one per interval.
+
+    Under a flood every refusal would be a line; instead the first is logged at WARNING, the
+    next ones at DEBUG, and the next WARNING (at least `_REFUSAL_LOG_INTERVAL` seconds later)
+    says how many there were in between. The supervisor counts refused sessions
+    (``rejected_total``) in any case.
+    """
+
+    __slots__ = ("_last", "_suppressed", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._last = -math.inf
+        self._suppressed = 0
+
+    def note(self, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last < _REFUSAL_LOG_INTERVAL:
+            self._suppressed += 1
+            logger.debug("%s: %s", self._what, detail)
+            return
+        if self._suppressed:
+            logger.warning(
+                "%s: %s (and %d more in the last %.0f s)",
+                self._what,
+                detail,
+                self._suppressed,
+                now - self._last,
+            )
+        else:
+            logger.warning("%s: %s (more are logged at most once a minute)", self._what, detail)
+        self._last = now
+        self._suppressed = 0
 
 
 def _is_initialized_notification(body: bytes) -> bool:
@@ -269,14 +415,27 @@ class McpHttpApp:
       else 400;
     * GET/POST/DELETE with an ``Mcp-Session-Id`` that is unknown, expired, closing, or belongs
       to another principal gets 404; DELETE ends the session (200); a session with
-      ``max_requests_per_session`` requests in flight gets 429 with ``Retry-After``.
+      ``max_requests_per_session`` requests in flight gets 429 with ``Retry-After``; a second
+      GET stream of a session gets 409.
 
-    Every refusal carries a JSON-RPC error body (401 an OAuth-style one). Each request of a
-    session runs in that session's actor as a `Supervisor.call`, so it counts as in flight (the
-    idle clock is paused) while it runs; an open GET stream holds the session the same way. The
-    session is READY once the client has sent ``notifications/initialized``: a client that
-    stops after ``initialize`` is ended by the supervisor's ``init_timeout``. A session whose
-    opening ``initialize`` is refused is closed at once (reason ``"init-failed"``).
+    Every refusal carries a JSON-RPC error body (401 an OAuth-style one); a token verifier
+    that raises, or returns anything but a ``str`` or ``None``, is a 500 (logged, nothing
+    reserved). Each request of a session runs in that session's actor as a `Supervisor.call`,
+    so it counts as in flight (the idle clock is paused) while it runs; a client that
+    disconnects ends its request's call (JSON or SSE response alike), but not the handler:
+    a disconnect is not a cancellation (the spec's rule), and the session idles out as usual.
+    The GET stream of server-to-client messages is not a request: it neither pauses the idle
+    clock nor counts against ``max_requests_per_session`` (one per session), so a silent
+    session with an open stream expires on time; its stream then ends cleanly and the
+    client's next request gets 404. The session is READY once the client has sent
+    ``notifications/initialized``: a client that stops after ``initialize`` is ended by the
+    supervisor's ``init_timeout``. A session whose opening ``initialize`` is refused is closed
+    at once (reason ``"init-failed"``).
+
+    Every close drains: on DELETE, `Supervisor.close_session`, shutdown, and the idle, init
+    and lifetime deadlines alike, the GET stream ends at a message boundary and requests in
+    flight get the close grace (``close_grace``, ``shutdown_grace`` for a shutdown); those
+    still running shortly before it runs out are answered with a JSON-RPC error.
 
     WebSocket connections (subprotocol ``"mcp"``, one JSON-RPC message per text frame) on the
     same path get one session each, with transport `Transport.WEBSOCKET`.
@@ -294,12 +453,15 @@ class McpHttpApp:
         resource_metadata_url: Advertised in ``WWW-Authenticate`` on 401 (RFC 9728).
         json_response: Answer POSTs with one JSON body instead of an SSE stream.
         event_store: An SDK ``EventStore`` shared by all sessions, for resumable SSE streams
-            (``Last-Event-ID``); without one, streams are not resumable.
+            (``Last-Event-ID``); without one, streams are not resumable. Each session sees
+            only its own events: stream and event ids are namespaced per session, and an event
+            id of another session is refused like an unknown one. The store must replay only
+            the events of the given event's stream (as the SDK's example store does).
         retry_interval: Milliseconds suggested to clients in SSE ``retry`` (with an event store).
         retry_after: Seconds suggested in ``Retry-After`` on 503 and 429.
-        max_requests_per_session: Requests of one session served at once (an open GET stream
-            counts); more get 429 with ``Retry-After``. Default: the supervisor's
-            ``mailbox_size``.
+        max_requests_per_session: Requests of one session served at once (the GET stream of
+            server-to-client messages does not count; a resumed stream does); more get 429
+            with ``Retry-After``. Default: the supervisor's ``mailbox_size``, at least 1.
         body_timeout: Seconds to receive a whole request body; a slower one gets 408.
         websocket: Accept WebSocket connections.
     """
@@ -328,7 +490,7 @@ class McpHttpApp:
         if not body_timeout > 0:
             raise ValueError("body_timeout must be a positive number of seconds")
         if max_requests_per_session is None:
-            max_requests_per_session = supervisor.config.mailbox_size
+            max_requests_per_session = max(1, supervisor.config.mailbox_size)
         if max_requests_per_session <= 0:
             raise ValueError("max_requests_per_session must be positive")
         self.supervisor = supervisor
@@ -351,6 +513,10 @@ class McpHttpApp:
         self.body_timeout = body_timeout
         self.websocket = websocket
         self._active: dict[str, int] = {}
+        #: Sessions with an open GET stream of server-to-client messages.
+        self._streams: set[str] = set()
+        self._refused_sessions = _Refusals("refused a new session")
+        self._refused_requests = _Refusals("refused a request")
         self._stateless_server: Server[Any] | None = None
         self._stateless_state: Any = None
         self._stateless_ready = False
@@ -377,9 +543,13 @@ class McpHttpApp:
                 if not started:
                     await _rpc_error(send, 500, INTERNAL_ERROR, "Internal Server Error")
         elif kind == "websocket":
-            from ._websocket import serve_websocket_connection
+            from ._websocket import _deny, serve_websocket_connection
 
-            await serve_websocket_connection(self, scope, receive, send)
+            try:
+                await serve_websocket_connection(self, scope, receive, send)
+            except _VerifierFailed:
+                # Raised before the handshake is answered, and logged where it was raised.
+                await _deny(scope, send, 500)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -445,18 +615,38 @@ class McpHttpApp:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return False, None
+        try:
+            if isinstance(verifier, _SdkTokenVerifier):
+                access: object = await verifier.verify_token(token)
+            else:
+                principal: object = await verifier(token)
+        except Exception as exc:
+            logger.exception("the token verifier raised: answered 500")
+            raise _VerifierFailed from exc
         if isinstance(verifier, _SdkTokenVerifier):
-            access = await verifier.verify_token(token)
-            if access is None or (
-                access.expires_at is not None and access.expires_at < time.time()
-            ):
+            if access is None:
+                return False, None
+            if not isinstance(access, AccessToken):
+                logger.error(
+                    "the token verifier returned a %s, not an AccessToken or None: answered 500",
+                    type(access).__name__,
+                )
+                raise _VerifierFailed
+            if access.expires_at is not None and access.expires_at < time.time():
                 return False, None
             client_id, issuer, subject = principal_components(access)
             if issuer is None and subject is None:
                 return True, client_id
             return True, json.dumps([client_id, issuer, subject])
-        principal = await verifier(token)
-        return principal is not None, principal
+        if principal is None:
+            return False, None
+        if not isinstance(principal, str):
+            logger.error(
+                "the token verifier returned a %s, not a str principal or None: answered 500",
+                type(principal).__name__,
+            )
+            raise _VerifierFailed
+        return True, str.__str__(principal)
 
     def _www_authenticate(self) -> tuple[str, str]:
         value = 'Bearer error="invalid_token", error_description="Authentication required"'
@@ -475,7 +665,7 @@ class McpHttpApp:
         if session.state not in LIVE_STATES:
             return None
         if session.principal != principal:
-            logger.warning("request for session %.16s... from another principal", session_id)
+            logger.warning("request for session %s... from another principal", short_id(session_id))
             return None
         return session
 
@@ -488,7 +678,13 @@ class McpHttpApp:
         if not self._origin_ok(scope):
             await _rpc_error(send, 403, INVALID_REQUEST, "Forbidden: Host or Origin not allowed")
             return
-        ok, principal = await self._authenticate(scope)
+        try:
+            ok, principal = await self._authenticate(scope)
+        except _VerifierFailed:
+            await _rpc_error(
+                send, 500, INTERNAL_ERROR, "Internal Server Error: the token verifier failed"
+            )
+            return
         if not ok:
             body = json.dumps(
                 {"error": "invalid_token", "error_description": "Authentication required"}
@@ -543,7 +739,9 @@ class McpHttpApp:
                     scope["headers"] = [
                         (k, v) for k, v in scope.get("headers", ()) if k != b"last-event-id"
                     ]
-                await self._exchange(session_id, _HttpExchange(scope, receive, send))
+                standalone = _header(scope, b"last-event-id") is None
+                exchange = _HttpExchange(scope, receive, send, standalone=standalone)
+                await self._exchange(session_id, exchange)
         else:
             await _rpc_error(
                 send,
@@ -620,12 +818,15 @@ class McpHttpApp:
         body = await self._read(scope, receive, send)
         if body is None:
             return
-        replayed = _replay(body, receive)
+        # With JSON responses nothing in the SDK listens for a disconnect: `_exchange` does.
+        gone = trio.Event() if self.json_response else None
+        replayed = _replay(body, receive if gone is None else _disconnect_after(gone))
         if session_id is not None:
             if self._lookup(session_id, principal) is None:
                 await self._not_found(send)
                 return
-            await self._exchange(session_id, _HttpExchange(scope, replayed, send, body=body))
+            exchange = _HttpExchange(scope, replayed, send, body=body)
+            await self._exchange(session_id, exchange, watch=(receive, gone))
             return
         opening = _is_initialize(body)
         if opening is None:
@@ -639,7 +840,7 @@ class McpHttpApp:
                 self._actor, transport=Transport.HTTP, principal=principal
             )
         except (CapacityError, SupervisorClosed) as exc:
-            logger.warning("refused a new session: %s", exc)
+            self._refused_sessions.note(str(exc))
             await _rpc_error(
                 send,
                 503,
@@ -650,18 +851,43 @@ class McpHttpApp:
             return
         if principal is not None and not session.is_authenticated:
             self.supervisor.authenticate_session(session.id, principal)
-        exchange = _HttpExchange(scope, replayed, send)
+        exchange = _HttpExchange(scope, replayed, send, body=body)
         try:
-            await self._exchange(session.id, exchange)
+            await self._exchange(session.id, exchange, watch=(receive, gone))
         finally:
             if not exchange.initialize_accepted:
                 # Without a session id only initialize can succeed; a refused one leaves nothing.
                 self.supervisor.close_session(session.id, reason="init-failed")
 
-    async def _exchange(self, session_id: str, exchange: _HttpExchange) -> None:
+    async def _exchange(
+        self,
+        session_id: str,
+        exchange: _HttpExchange,
+        *,
+        watch: tuple[Receive, trio.Event | None] | None = None,
+    ) -> None:
+        """Run one request in its session; ``watch``: the real receive, for a JSON response."""
+        if exchange.standalone:
+            if session_id in self._streams:
+                await _rpc_error(
+                    exchange.send,
+                    409,
+                    INVALID_REQUEST,
+                    "Conflict: Only one SSE stream is allowed per session",
+                )
+                return
+            self._streams.add(session_id)
+            try:
+                await self._call(session_id, exchange)
+            finally:
+                exchange.cancel_scope.cancel()
+                self._streams.discard(session_id)
+            return
         active = self._active.get(session_id, 0)
         if active >= self.max_requests_per_session:
-            logger.warning("session %.16s... has %d requests in flight: 429", session_id, active)
+            self._refused_requests.note(
+                f"session {short_id(session_id)}... has {active} requests in flight: 429"
+            )
             await _rpc_error(
                 exchange.send,
                 429,
@@ -672,10 +898,14 @@ class McpHttpApp:
             return
         self._active[session_id] = active + 1
         try:
-            await self.supervisor.call(session_id, exchange)
-        except (SessionNotFound, SessionClosed):
-            if exchange.status is None:
-                await self._not_found(exchange.send)
+            if watch is not None and (gone := watch[1]) is not None:
+                receive = watch[0]
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_watch, receive, gone, nursery.cancel_scope)
+                    await self._call(session_id, exchange)
+                    nursery.cancel_scope.cancel()
+            else:
+                await self._call(session_id, exchange)
         finally:
             exchange.cancel_scope.cancel()
             remaining = self._active[session_id] - 1
@@ -683,6 +913,18 @@ class McpHttpApp:
                 self._active[session_id] = remaining
             else:
                 del self._active[session_id]
+
+    async def _call(self, session_id: str, exchange: _HttpExchange) -> None:
+        try:
+            await self.supervisor.call(session_id, exchange)
+        except (SessionNotFound, SessionClosed):
+            if exchange.status is None:
+                await self._not_found(exchange.send)
+            return
+        if not exchange.done.is_set():  # a stream: the call was answered when it started
+            await exchange.done.wait()
+        if exchange.error is not None:
+            raise exchange.error
 
     async def _stateless_request(
         self, scope: Scope, receive: Receive, send: Send, method: str
@@ -707,56 +949,81 @@ class McpHttpApp:
     # -- the session actor --------------------------------------------------------------------
 
     async def _actor(self, ctx: SessionContext[Any]) -> None:
+        store = None if self.event_store is None else _SessionEventStore(self.event_store)
         transport = StreamableHTTPServerTransport(
             mcp_session_id=ctx.id,
             is_json_response_enabled=self.json_response,
-            event_store=self.event_store,
+            event_store=store,
             retry_interval=self.retry_interval,
         )
-        async with (
-            transport.connect() as (read_stream, write_stream),
-            trio.open_nursery() as requests,
-        ):
-            handshake = _Handshake(ctx=ctx, track_busy=False)
-            flights = _Flights()
-
-            def on_message(message: Message[Any]) -> None:
-                requests.start_soon(flights.run, _serve_exchange, transport, handshake, message)
-
-            async def drain(cut: Callable[[], None]) -> None:
-                # Asked to close (DELETE, deadline, shutdown): nothing more will be pushed on
-                # the GET stream; requests in flight get the grace period, and those still
-                # running near its end are cut through the SDK, which answers each with a
-                # JSON-RPC error while their response streams are still open.
-                deadline = trio.current_effective_deadline()
-                margin = min(_CUT_MARGIN, (deadline - trio.current_time()) / 4)
-                with trio.move_on_at(deadline - margin):
-                    while flights.count:
-                        # Again and again: a GET that was on its way in registers its stream
-                        # only once its response has started.
-                        transport.close_standalone_sse_stream()
-                        with trio.move_on_after(_GET_RECHECK):
-                            await flights.idle()
-                if flights.count:
-                    cut()
-                    await flights.idle()
-
+        guard = _Guard(ctx)
+        flights = _Flights()
+        handshake = _Handshake(ctx=ctx, track_busy=False)
+        serving = trio.CancelScope()
+        drained = trio.Event()
+        error: BaseException | None = None
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(guard.watch)
             try:
-                await _serve_session(
-                    ctx,
-                    self.server,
-                    read_stream,
-                    write_stream,
-                    handshake,
-                    transport=Transport.HTTP,
-                    handshake_only=True,
-                    on_message=on_message,
-                    drain=drain,
-                )
+                with guard.scope:
+                    async with (
+                        transport.connect() as (read_stream, write_stream),
+                        trio.open_nursery() as requests,
+                    ):
+
+                        def on_message(message: Message[Any]) -> None:
+                            if guard.expired.is_set():
+                                # A deadline fired: the session drains; no new requests.
+                                message.fail(SessionClosed("the session is ending"))
+                                return
+                            requests.start_soon(
+                                flights.run, _serve_exchange, transport, handshake, message
+                            )
+
+                        async def drain(cut: Callable[[], None]) -> None:
+                            # Asked to close (DELETE, close_session, shutdown).
+                            await _drain(transport, flights, cut, guard.begin_close())
+
+                        async def expire() -> None:
+                            # A deadline fired (idle, init, lifetime): the same drain. Its cut
+                            # ends the protocol loop (and `_serve_session`) at once.
+                            await guard.expired.wait()
+                            try:
+                                await _drain(transport, flights, serving.cancel, guard.deadline)
+                            finally:
+                                serving.cancel()
+                                drained.set()
+
+                        requests.start_soon(expire)
+                        try:
+                            with serving:
+                                await _serve_session(
+                                    ctx,
+                                    self.server,
+                                    read_stream,
+                                    write_stream,
+                                    handshake,
+                                    transport=Transport.HTTP,
+                                    handshake_only=True,
+                                    on_message=on_message,
+                                    drain=drain,
+                                )
+                        finally:
+                            try:
+                                if guard.expired.is_set():
+                                    # Requests cut by the drain are still being answered.
+                                    await drained.wait()
+                            finally:
+                                # Leaving transport.connect() closes the session's streams.
+                                # (Not terminate(): it logs the full session id at INFO.)
+                                requests.cancel_scope.cancel()
+            except BaseException as exc:
+                error = exc
             finally:
-                # Leaving transport.connect() closes the session's streams. (Not terminate():
-                # it logs the full session id at INFO.)
-                requests.cancel_scope.cancel()
+                guard.finished = True
+                watcher.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
 
 #: Before the close grace runs out, requests still in flight are cut this much earlier (at most a
@@ -765,6 +1032,82 @@ _CUT_MARGIN = 0.5
 
 #: While draining, how often the GET stream is closed again (one may register late).
 _GET_RECHECK = 0.05
+
+#: After the drain's deadline, how long the transport may still take to finish what it writes.
+_FLUSH_TIMEOUT = 1.0
+
+
+@final
+class _Guard:
+    """Shields an HTTP session's work from the supervisor's cancellation, so it ends cleanly.
+
+    The core cancels the actor when a deadline fires (idle, init, max lifetime) and when a
+    close grace runs out. The work runs inside `scope` (shielded); `watch`, a task outside
+    it, sees the cancellation: after a deadline the session drains within ``close_grace``,
+    exactly as after `Supervisor.close_session` (``expired`` is set); otherwise (the grace of
+    a close is over, or the supervisor itself is being cancelled) the work is cancelled at once.
+    """
+
+    __slots__ = ("_ctx", "closing", "deadline", "expired", "finished", "scope")
+
+    def __init__(self, ctx: SessionContext[Any]) -> None:
+        self._ctx = ctx
+        self.scope = trio.CancelScope(shield=True)
+        self.expired = trio.Event()
+        self.closing = False
+        self.finished = False
+        #: When the drain must be over (trio clock).
+        self.deadline = math.inf
+
+    def begin_close(self) -> float:
+        """The mailbox ended (the session was asked to close): the drain's deadline."""
+        if not self.closing and not self.expired.is_set():
+            self.closing = True
+            self.deadline = self._ctx.session.deadline
+        return self.deadline
+
+    async def watch(self) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            if not self.finished:
+                self._cancelled()
+            raise
+
+    def _cancelled(self) -> None:
+        now = trio.current_time()
+        if not self.closing and not self.expired.is_set() and self._ctx.session.deadline <= now:
+            self.deadline = now + self._ctx.supervisor.config.close_grace
+            self.scope.deadline = self.deadline + _FLUSH_TIMEOUT
+            self.expired.set()
+        else:
+            self.scope.cancel()
+
+
+async def _drain(
+    transport: StreamableHTTPServerTransport,
+    flights: _Flights,
+    cut: Callable[[], None],
+    deadline: float,
+) -> None:
+    """Drain a closing session's requests by ``deadline``.
+
+    Nothing more will be pushed on the GET stream, which ends at a message boundary; requests in
+    flight get until shortly before the deadline, then ``cut()`` ends the protocol loop: the SDK
+    answers each request still running with a JSON-RPC error while its response stream is open.
+    """
+    margin = min(_CUT_MARGIN, max(0.0, deadline - trio.current_time()) / 4)
+    with trio.move_on_at(deadline - margin):
+        while flights.count:
+            # Again and again: a GET that was on its way in registers its stream only once its
+            # response has started.
+            transport.close_standalone_sse_stream()
+            with trio.move_on_after(_GET_RECHECK):
+                await flights.idle()
+    if flights.count:
+        cut()
+        with trio.move_on_at(deadline):
+            await flights.idle()
 
 
 @final
@@ -793,6 +1136,11 @@ class _Flights:
         await self._idle.wait()
 
 
+def _answer(message: Message[Any], value: Any) -> None:
+    if message.expects_reply:
+        message.reply(value)
+
+
 async def _serve_exchange(
     transport: StreamableHTTPServerTransport, handshake: _Handshake, message: Message[Any]
 ) -> None:
@@ -800,23 +1148,37 @@ async def _serve_exchange(
     if not isinstance(exchange, _HttpExchange):
         message.fail(TypeError(f"an MCP HTTP session takes HTTP exchanges, not {exchange!r}"))
         return
-    if (
-        exchange.body is not None
-        and handshake.accepted is not None
-        and _is_initialized_notification(exchange.body)
-    ):
-        # Recorded before the transport answers 202 (it dispatches the notification only after
-        # sending the response), so a client that sees 202 sees a READY session.
-        handshake.client_initialized()
     try:
-        with exchange.cancel_scope:
-            await transport.handle_request(exchange.scope, exchange.receive, exchange.tracking_send)
-    except Exception as exc:
-        logger.exception("MCP HTTP request failed")
-        message.fail(exc)
-        return
-    exchange.initialize_accepted = handshake.done or handshake.accepted is not None
-    message.reply(exchange.status)
+        if exchange.standalone:
+            # The stream of server-to-client messages is not a request: answered now, so
+            # the session's idle clock runs on while it is open.
+            _answer(message, None)
+        else:
+            _RELEASE.set(partial(_answer, message, None))
+        if (
+            exchange.body is not None
+            and handshake.accepted is not None
+            and _is_initialized_notification(exchange.body)
+        ):
+            # Recorded before the transport answers 202 (it dispatches the notification only
+            # after sending the response), so a client that sees 202 sees a READY session.
+            handshake.client_initialized()
+        try:
+            with exchange.cancel_scope:
+                await transport.handle_request(
+                    exchange.scope, exchange.receive, exchange.tracking_send
+                )
+        except Exception as exc:
+            logger.exception("MCP HTTP request failed")
+            if message.expects_reply:
+                message.fail(exc)
+            else:
+                exchange.error = exc
+            return
+        exchange.initialize_accepted = handshake.done or handshake.accepted is not None
+        _answer(message, exchange.status)
+    finally:
+        exchange.done.set()
 
 
 async def serve_http(
