@@ -384,3 +384,136 @@ async def test_serve_stdio_opens_its_own_supervisor() -> None:
         await to_server.aclose()
     with pytest.raises(TypeError):
         await serve_stdio(create_demo_server(), supervisor=object(), idle_timeout=1.0)  # type: ignore[arg-type]
+
+
+# -- graceful close on duplex transports --------------------------------------------------------
+#
+# Shared by tests/test_mcp_stdio.py and tests/test_mcp_websocket.py: a server whose tool sleeps,
+# and one scenario run against the official client on every duplex transport.
+
+#: The JSON-RPC error code of a request the closing session does not answer with a result.
+SESSION_CLOSING_CODE = types.INTERNAL_ERROR
+
+
+def sleep_server(started: trio.MemorySendChannel[float]) -> Server[Any]:
+    """A server with one tool, ``sleep(seconds)``; each call reports its start on ``started``."""
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(
+            tools=[types.Tool(name="sleep", input_schema={"type": "object"})]
+        )
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        seconds = float((params.arguments or {})["seconds"])
+        started.send_nowait(seconds)
+        await trio.sleep(seconds)
+        return types.CallToolResult(content=[types.TextContent(text=f"slept {seconds:g}")])
+
+    return Server("sleeper", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+def sleep_channel() -> tuple[trio.MemorySendChannel[float], trio.MemoryReceiveChannel[float]]:
+    return trio.open_memory_channel[float](16)
+
+
+def assert_closing_error(outcome: object) -> None:
+    """A JSON-RPC error from the closing session: not a dropped connection."""
+    assert isinstance(outcome, MCPError), outcome
+    assert outcome.error.code == SESSION_CLOSING_CODE, outcome.error
+    assert outcome.error.message != "Connection closed"
+    assert "closing" in outcome.error.message
+
+
+async def check_drain(
+    client: ClientSession,
+    started: trio.MemoryReceiveChannel[float],
+    *,
+    grace: float,
+    close_at: float,
+    close: Any = None,
+) -> dict[str, object]:
+    """Two calls in flight when the session starts closing at ``close_at``; then a late request.
+
+    ``close()`` (if given) starts the close at ``close_at``; without it a deadline fires then.
+    The call that ends a quarter of the grace after the close finishes with its result; the
+    one that would run for ever gets a JSON-RPC error before the grace runs out, and so does
+    a ping sent after the close began. Returns the outcomes for more checks.
+    """
+    outcomes: dict[str, object] = {}
+    # The client lists the tools before its first call_tool returns (output schemas): now, so
+    # that a call that finishes while the session closes needs no second request.
+    await client.list_tools()
+    short = close_at - trio.current_time() + grace / 4
+
+    async def call(name: str, seconds: float) -> None:
+        try:
+            outcomes[name] = text(await client.call_tool("sleep", {"seconds": seconds}))
+        except MCPError as exc:
+            outcomes[name] = exc
+        outcomes[name + "_at"] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, "short", short)
+        nursery.start_soon(call, "long", 10_000.0)
+        assert {await started.receive(), await started.receive()} == {short, 10_000.0}
+        await trio.sleep_until(close_at)
+        if close is not None:
+            close()
+        await trio.sleep(grace / 8)
+        try:
+            await client.send_ping()
+        except MCPError as exc:
+            outcomes["late"] = exc
+        else:  # pragma: no cover - the assertion below reports it
+            outcomes["late"] = "answered"
+    assert outcomes["short"] == f"slept {short:g}"
+    assert_closing_error(outcomes["long"])
+    assert_closing_error(outcomes["late"])
+    long_at = outcomes["long_at"]
+    assert isinstance(long_at, float)
+    assert close_at < long_at < close_at + grace
+    return outcomes
+
+
+@pytest.mark.parametrize("how", ["close_session", "shutdown", "max-lifetime"])
+async def test_in_process_close_drains_requests_in_flight(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    send, started = sleep_channel()
+    grace = 2.0
+    config: dict[str, Any] = {"close_grace": grace, "shutdown_grace": grace}
+    if how == "max-lifetime":
+        config["max_lifetime"] = 50.0
+    async with (
+        open_supervisor(**config) as sup,
+        sup.subscribe() as events,
+        trio.open_nursery() as nursery,
+    ):
+        async with open_in_process_streams(sup, sleep_server(send)) as connection:
+            session_id = connection.session_id
+            close_at = {"max-lifetime": 50.0}.get(how, 10.0)
+
+            def close() -> None:
+                if how == "close_session":
+                    assert sup.close_session(session_id)
+                else:
+                    nursery.start_soon(sup.shutdown)
+
+            async with ClientSession(connection.read_stream, connection.write_stream) as client:
+                await client.initialize()
+                await check_drain(
+                    client,
+                    started,
+                    grace=grace,
+                    close_at=close_at,
+                    close=None if how == "max-lifetime" else close,
+                )
+        ended = await wait_for(
+            events, EventKind.EXPIRED if how == "max-lifetime" else EventKind.CLOSED, session_id
+        )
+        assert ended.reason == {"close_session": "closed"}.get(how, how)
+        assert trio.current_time() < close_at + grace

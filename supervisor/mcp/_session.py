@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractContextManager, suppress
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, final
 
@@ -24,11 +25,14 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.models import InitializationOptions
 from mcp.server.runner import serve_dual_era_loop, serve_loop
 from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
+    INTERNAL_ERROR,
     PROTOCOL_VERSION_META_KEY,
+    ErrorData,
     JSONRPCError,
     JSONRPCNotification,
     JSONRPCRequest,
@@ -38,7 +42,7 @@ from mcp_types import (
 from .. import SessionState, SupervisorError, Transport
 
 if TYPE_CHECKING:
-    from .. import Message, SessionContext
+    from .. import Message, Session, SessionContext, SupervisorConfig
 
 __all__ = [
     "McpSession",
@@ -297,21 +301,29 @@ class _ObservedReadStream(_ClosesOnExit):
     visible to handlers whatever task delivered the message.
     """
 
-    __slots__ = ("_handshake", "_inner", "_session", "last_context")
+    __slots__ = ("_closer", "_handshake", "_inner", "_session", "last_context")
 
     def __init__(
         self,
         inner: ReadStream[SessionMessage | Exception],
         handshake: _Handshake,
         session: McpSession,
+        closer: _Closer | None = None,
     ) -> None:
         self._inner = inner
         self._handshake = handshake
         self._session = session
+        self._closer = closer
         self.last_context: contextvars.Context | None = None
 
     async def receive(self) -> SessionMessage | Exception:
         item = await self._inner.receive()
+        closer = self._closer
+        while closer is not None and not closer.inbound(item):
+            # A request that arrived after the close began: answered with an error, not served.
+            assert isinstance(item, SessionMessage)
+            await closer.refuse(item.message)
+            item = await self._inner.receive()
         sender: contextvars.Context | None = getattr(self._inner, "last_context", None)
         context = sender.copy() if sender is not None else contextvars.copy_context()
         context.run(_CURRENT.set, self._session)
@@ -336,18 +348,288 @@ class _ObservedReadStream(_ClosesOnExit):
 class _ObservedWriteStream(_ClosesOnExit):
     """Write side handed to the SDK: reports each outgoing message before it leaves."""
 
-    __slots__ = ("_handshake", "_inner")
+    __slots__ = ("_closer", "_handshake", "_inner")
 
-    def __init__(self, inner: WriteStream[SessionMessage], handshake: _Handshake) -> None:
+    def __init__(
+        self,
+        inner: WriteStream[SessionMessage],
+        handshake: _Handshake,
+        closer: _Closer | None = None,
+    ) -> None:
         self._inner = inner
         self._handshake = handshake
+        self._closer = closer
 
     async def send(self, item: SessionMessage, /) -> None:
+        closer = self._closer
+        if closer is None:
+            self._handshake.outbound(item)
+            await self._inner.send(item)
+            return
+        key = closer.sending(item.message)
+        if key is _ANSWERED:
+            return  # the closing session has already answered this request with an error
         self._handshake.outbound(item)
-        await self._inner.send(item)
+        try:
+            await self._inner.send(item)
+        finally:
+            closer.sent(key)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+#: The JSON-RPC error code of a request a closing duplex session answers without serving it:
+#: one that arrived after the close began, or one still running when the close grace ran out.
+SESSION_CLOSING_CODE = INTERNAL_ERROR
+
+#: Close reasons of the core's deadlines.
+_EXPIRY_REASONS = frozenset({"idle-timeout", "init-timeout", "max-lifetime"})
+
+#: Before a close deadline, requests still in flight are cut this much earlier (at most a quarter
+#: of the grace), so their errors and the transport's clean close go out before it.
+_CUT_MARGIN = 0.5
+
+#: Once the supervisor has cancelled the actor, how long the transport may still take to write
+#: what it has and close cleanly before it is cut off.
+_FLUSH_TIMEOUT = 1.0
+
+# The guard's states: serving; asked to close (the mailbox ended); a deadline fired and the
+# close grace runs; cut (the grace is over or the supervisor is cancelling: end now).
+_SERVING, _CLOSING, _EXPIRING, _CUT = range(4)
+
+
+@final
+class _Guard:
+    """Shields a duplex session's work from the supervisor's cancellation, so it can end cleanly.
+
+    The core cancels the actor when a deadline fires (idle, init, max lifetime) and when a close
+    grace runs out. Work run inside `scope` (a shielded scope) does not see that cancellation; a
+    watcher task outside it does (see `_guarded`) and turns it into an orderly close: after a
+    deadline the session gets ``close_grace`` to finish what is in flight, exactly as after
+    ``close_session``; otherwise whatever is left is cut at once. Either way the transport then
+    gets `_FLUSH_TIMEOUT` at most to write what it has and close, after which `scope` cancels.
+    """
+
+    __slots__ = ("_ctx", "_done", "_expiry", "_state", "_wake", "deadline", "scope")
+
+    def __init__(self, ctx: SessionContext[Any]) -> None:
+        self._ctx = ctx
+        self.scope = trio.CancelScope(shield=True)
+        self._wake: trio.CancelScope | None = None
+        self._state = _SERVING
+        self._expiry: str | None = None
+        self._done = False
+        #: When work in flight must be done (trio clock); ``inf`` while serving.
+        self.deadline = math.inf
+
+    def waiting(self, deadline: float = math.inf) -> trio.CancelScope:
+        """A scope for one wait that the supervisor's cancellation must end (one at a time)."""
+        scope = trio.CancelScope(deadline=deadline)
+        if self._state == _CUT:
+            scope.cancel()
+        self._wake = scope
+        return scope
+
+    def wake(self) -> None:
+        """End the current `waiting` scope."""
+        if self._wake is not None:
+            self._wake.cancel()
+
+    def begin_close(self) -> float:
+        """The session was asked to close (its mailbox ended); return the drain's deadline."""
+        if self._state == _SERVING:
+            self._state = _CLOSING
+            self.deadline = self._ctx.session.deadline
+        return self.deadline
+
+    @property
+    def reason(self) -> str:
+        """Why the session is ending, for the transport's goodbye."""
+        return self._ctx.session.close_reason or self._expiry or "closed"
+
+    def _cancelled(self) -> None:
+        now = trio.current_time()
+        session = self._ctx.session
+        config = self._ctx.supervisor.config
+        reason = session.close_reason
+        if (
+            self._state == _SERVING
+            and session.deadline <= now
+            and (reason is None or reason in _EXPIRY_REASONS)
+        ):
+            # A deadline fired while serving: the same grace as a close.
+            self._state = _EXPIRING
+            self._expiry = reason or _expiry_reason(session, config, now)
+            self.deadline = now + config.close_grace
+            hard = self.deadline + _FLUSH_TIMEOUT
+        else:
+            self._state = _CUT
+            self.deadline = now
+            hard = now + _FLUSH_TIMEOUT
+        self.scope.deadline = min(self.scope.deadline, hard)
+        self.wake()
+
+    async def _watch(self) -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            if not self._done:
+                self._cancelled()
+            raise
+
+
+def _expiry_reason(session: Session, config: SupervisorConfig, now: float) -> str:
+    if config.max_lifetime is not None and now >= session.created + config.max_lifetime:
+        return "max-lifetime"
+    if (
+        not session.is_initialized
+        and config.init_timeout is not None
+        and now >= session.created + config.init_timeout
+    ):
+        return "init-timeout"
+    return "idle-timeout"
+
+
+@asynccontextmanager
+async def _guarded(ctx: SessionContext[Any]) -> AsyncIterator[_Guard]:
+    """Run the block shielded by a `_Guard`; the actor's cancellation still propagates after it.
+
+    An exception of the block is re-raised as it is (not in an exception group).
+    """
+    guard = _Guard(ctx)
+    error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guard._watch)
+            try:
+                with guard.scope:
+                    yield guard
+            except BaseException as exc:
+                error = exc
+            finally:
+                guard._done = True
+                nursery.cancel_scope.cancel()
+    finally:
+        if error is not None:
+            raise error
+
+
+def _key(request_id: Any) -> Any:
+    # "7" and 7 are one id for correlation, as in the SDK's dispatcher.
+    if isinstance(request_id, str):
+        with suppress(ValueError):
+            return int(request_id)
+    return request_id
+
+
+#: `_Closer.sending` for a response the closing session has answered already.
+_ANSWERED: Any = object()
+
+
+@final
+class _Closer:
+    """A duplex session's requests in flight, and how it answers them while it closes.
+
+    Every request from the client is in flight until its response has been written (or the
+    client cancels it: the SDK never answers those). Once the close begins, a new request is
+    answered at once with a JSON-RPC error (`SESSION_CLOSING_CODE`); `drain` lets the requests
+    in flight finish until shortly before the deadline, then answers each one still running
+    with that error itself, so the client gets an answer, never a dropped request, and drops
+    whatever the SDK writes for it afterwards (its own ``Connection closed``).
+    """
+
+    __slots__ = ("_answered", "_guard", "_idle", "_open", "_write", "_writing", "closing")
+
+    def __init__(self, write: WriteStream[SessionMessage], guard: _Guard) -> None:
+        self._write = write
+        self._guard = guard
+        self._open: dict[Any, Any] = {}  # key -> the request's id as the client sent it
+        self._writing: set[Any] = set()  # keys whose response is being written
+        self._answered: set[Any] = set()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.closing = False
+
+    def inbound(self, item: SessionMessage | Exception) -> bool:
+        """Note a message from the client; False for a request to refuse instead of serving."""
+        if not isinstance(item, SessionMessage):
+            return True
+        message = item.message
+        if isinstance(message, JSONRPCRequest):
+            if self.closing:
+                return False
+            if not self._open:
+                self._idle = trio.Event()
+            self._open[_key(message.id)] = message.id
+        elif (
+            isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled"
+        ):
+            request_id = cancelled_request_id_from_params(message.params)
+            if request_id is not None:
+                self._settle(_key(request_id))
+        return True
+
+    def sending(self, message: Any) -> Any:
+        """A message to the client is about to be written: the key to pass to `sent`."""
+        if not isinstance(message, JSONRPCResponse | JSONRPCError) or message.id is None:
+            return None
+        key = _key(message.id)
+        if key in self._answered:
+            return _ANSWERED
+        if key in self._open:
+            self._writing.add(key)
+        return key
+
+    def sent(self, key: Any) -> None:
+        if key is not None:
+            self._writing.discard(key)
+            self._settle(key)
+
+    def _settle(self, key: Any) -> None:
+        if self._open.pop(key, _ANSWERED) is not _ANSWERED and not self._open:
+            self._idle.set()
+
+    async def refuse(self, request: Any) -> None:
+        """Answer a request that arrived after the close began."""
+        await self._answer(request.id, "no new requests are accepted")
+
+    async def drain(self, deadline: float) -> None:
+        """Let requests in flight finish until shortly before ``deadline``; answer the rest.
+
+        Returns when none is in flight (or at ``deadline`` if a response is still being
+        written); the protocol loop may then be cancelled.
+        """
+        self.closing = True
+        margin = min(_CUT_MARGIN, max(0.0, deadline - trio.current_time()) / 4)
+        with self._guard.waiting(deadline - margin):
+            await self._idle.wait()
+        cut = list(self._open.items())
+        for key, _request_id in cut:
+            if key not in self._writing:
+                self._answered.add(key)
+                self._settle(key)
+        for key, request_id in cut:
+            if key in self._answered:
+                await self._answer(
+                    request_id, "the request did not finish within the close grace period"
+                )
+        with self._guard.waiting(deadline):
+            await self._idle.wait()
+
+    async def _answer(self, request_id: Any, why: str) -> None:
+        reason = self._guard.reason
+        error = JSONRPCError(
+            jsonrpc="2.0",
+            id=request_id,
+            error=ErrorData(
+                code=SESSION_CLOSING_CODE,
+                message=f"session closing ({reason}): {why}",
+                data={"reason": reason},
+            ),
+        )
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._write.send(SessionMessage(error))
 
 
 async def run_mcp_session(
@@ -423,12 +705,47 @@ async def _serve_session(
     init_options: InitializationOptions | None = None,
     raise_exceptions: bool = False,
     drain: Callable[[Callable[[], None]], Awaitable[None]] | None = None,
+    guard: _Guard | None = None,
 ) -> None:
     """`run_mcp_session` with the handshake observer supplied by the caller (HTTP reads it).
 
     ``drain(cut)``, when given, runs once the session is asked to close, before the protocol
-    loop is cancelled; ``cut()`` ends the protocol loop early (see McpHttpApp).
+    loop is cancelled; ``cut()`` ends the protocol loop early (see McpHttpApp). Without it the
+    session closes gracefully on its own (see `_Closer`), shielded by ``guard`` (a transport
+    whose own tasks must outlive the actor's cancellation opens it around them with
+    `_guarded`), or by a guard of its own.
     """
+    if drain is None:
+        if guard is None:
+            async with _guarded(ctx) as own:
+                await _serve_gracefully(
+                    ctx,
+                    server,
+                    read_stream,
+                    write_stream,
+                    handshake,
+                    own,
+                    transport=transport,
+                    handshake_only=handshake_only,
+                    on_message=on_message,
+                    init_options=init_options,
+                    raise_exceptions=raise_exceptions,
+                )
+            return
+        await _serve_gracefully(
+            ctx,
+            server,
+            read_stream,
+            write_stream,
+            handshake,
+            guard,
+            transport=transport,
+            handshake_only=handshake_only,
+            on_message=on_message,
+            init_options=init_options,
+            raise_exceptions=raise_exceptions,
+        )
+        return
     session = McpSession(context=ctx, transport=transport or ctx.session.transport)
     _CURRENT.set(session)
     lowlevel = resolve_server(server)
@@ -478,6 +795,66 @@ async def _serve_session(
             if drain is not None:
                 await drain(protocol_scope.cancel)
             nursery.cancel_scope.cancel()
+    finally:
+        handshake.release_all()
+    if eof:
+        ctx.close(reason=DISCONNECTED)
+
+
+async def _serve_gracefully(
+    ctx: SessionContext[Any],
+    server: ServerSource,
+    read_stream: ReadStream[SessionMessage | Exception],
+    write_stream: WriteStream[SessionMessage],
+    handshake: _Handshake,
+    guard: _Guard,
+    *,
+    transport: Transport | None,
+    handshake_only: bool,
+    on_message: Callable[[Message[Any]], None] | None,
+    init_options: InitializationOptions | None,
+    raise_exceptions: bool,
+) -> None:
+    session = McpSession(context=ctx, transport=transport or ctx.session.transport)
+    _CURRENT.set(session)
+    lowlevel = resolve_server(server)
+    closer = _Closer(write_stream, guard)
+    reader = _ObservedReadStream(read_stream, handshake, session, closer)
+    writer = _ObservedWriteStream(write_stream, handshake, closer)
+    eof = False
+    protocol_scope = trio.CancelScope()
+    loop = serve_loop if handshake_only else serve_dual_era_loop
+    try:
+        async with lowlevel.lifespan(lowlevel) as lifespan_state, trio.open_nursery() as nursery:
+            serving = guard.waiting()
+
+            async def protocol() -> None:
+                nonlocal eof
+                with protocol_scope:
+                    await loop(
+                        lowlevel,
+                        reader,
+                        writer,
+                        lifespan_state=lifespan_state,
+                        session_id=ctx.id,
+                        init_options=init_options,
+                        raise_exceptions=raise_exceptions,
+                    )
+                    # The client went away (EOF): the session is over.
+                    eof = True
+                    guard.wake()
+
+            nursery.start_soon(protocol)
+            with serving:
+                async for message in ctx.mailbox:
+                    if on_message is not None:
+                        on_message(message)
+                    elif message.expects_reply:
+                        message.fail(TypeError("this MCP session takes no mailbox requests"))
+            if not eof:
+                # Asked to close, or a deadline fired: the grace period for what is in flight.
+                await closer.drain(guard.begin_close())
+            protocol_scope.cancel()
     finally:
         handshake.release_all()
     if eof:

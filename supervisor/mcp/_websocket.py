@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -17,7 +18,7 @@ from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
 
 from .. import CapacityError, SupervisorClosed, Transport
-from ._session import DISCONNECTED, run_mcp_session
+from ._session import DISCONNECTED, _guarded, _Handshake, _serve_session
 
 if TYPE_CHECKING:
     from .. import SessionContext
@@ -99,6 +100,15 @@ async def serve_websocket_connection(
             app.supervisor.close_session(session.id, reason=DISCONNECTED)
 
 
+#: Close codes (RFC 6455): a session that ended cleanly (a deadline, ``close_session``,
+#: shutdown), with the close reason in the frame; one whose actor failed.
+NORMAL_CLOSURE = 1000
+INTERNAL_ERROR = 1011
+
+#: A close frame's reason is at most 123 bytes of UTF-8.
+_MAX_REASON = 123
+
+
 async def _run_connection(
     ctx: SessionContext[Any], app: McpHttpApp, receive: Receive, send: Send
 ) -> None:
@@ -125,7 +135,8 @@ async def _run_connection(
                     )
                 except Exception as exc:
                     item = exc
-                await to_server.send(item)
+                with suppress(anyio.BrokenResourceError):  # the session has stopped reading
+                    await to_server.send(item)
 
     async def pump_out() -> None:
         async with from_server:
@@ -133,29 +144,53 @@ async def _run_connection(
                 text = item.message.model_dump_json(by_alias=True, exclude_unset=True)
                 await send({"type": "websocket.send", "text": text})
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump_in)
-        writer = trio.Event()
+    # Shielded from the supervisor's cancellation, so that a deadline, like a close, lets the
+    # requests in flight finish, and the socket always gets its close frame.
+    async with _guarded(ctx) as guard:
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump_in)
+            writer = trio.Event()
 
-        async def writer_task() -> None:
+            async def writer_task() -> None:
+                try:
+                    await pump_out()
+                except Exception:  # the peer went away mid-write; the session ends anyway
+                    logger.debug("websocket write failed", exc_info=True)
+                finally:
+                    writer.set()
+
+            nursery.start_soon(writer_task)
+            code, reason = INTERNAL_ERROR, "internal error"
             try:
-                await pump_out()
-            except Exception:  # the peer went away mid-write; the session ends anyway
-                logger.debug("websocket write failed", exc_info=True)
+                await _serve_session(
+                    ctx,
+                    app.server,
+                    from_client,
+                    to_client,
+                    _Handshake(ctx=ctx, track_busy=True),
+                    transport=Transport.WEBSOCKET,
+                    handshake_only=False,
+                    on_message=None,
+                    guard=guard,
+                )
+                code, reason = NORMAL_CLOSURE, guard.reason
+            except Exception as exc:  # raised below as it is, not in an exception group
+                failure = exc
             finally:
-                writer.set()
-
-        nursery.start_soon(writer_task)
-        try:
-            await run_mcp_session(
-                ctx, app.server, from_client, to_client, transport=Transport.WEBSOCKET
-            )
-        finally:
-            to_client.close()
-        await writer.wait()
-        if open_:
-            try:
-                await send({"type": "websocket.close", "code": 1000})
-            except Exception:  # pragma: no cover - already closed underneath us
-                logger.debug("websocket close failed", exc_info=True)
-        nursery.cancel_scope.cancel()
+                to_client.close()
+                await writer.wait()
+                if open_:
+                    try:
+                        await send(
+                            {
+                                "type": "websocket.close",
+                                "code": code,
+                                "reason": reason.encode()[:_MAX_REASON].decode(errors="ignore"),
+                            }
+                        )
+                    except Exception:  # pragma: no cover - already closed underneath us
+                        logger.debug("websocket close failed", exc_info=True)
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
