@@ -28,7 +28,7 @@ from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from supervisor import (
     EventKind,
@@ -40,6 +40,7 @@ from supervisor import (
 from supervisor.mcp import create_demo_server, serve_http
 
 from ._mcp_helpers import counter, wait_for
+from .test_mcp_session import check_drain, sleep_channel, sleep_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,6 +151,17 @@ async def websocket_streams(
     url: str,
 ) -> AsyncIterator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]]:
     """A minimal client transport: one JSON-RPC message per text frame, subprotocol "mcp"."""
+    async with websocket_connection(url) as (_ws, read, write):
+        yield read, write
+
+
+@asynccontextmanager
+async def websocket_connection(
+    url: str,
+) -> AsyncIterator[
+    tuple[WebSocketConnection, ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]
+]:
+    """`websocket_streams`, and the socket (for its close code)."""
     to_client, from_server = anyio.create_memory_object_stream[SessionMessage | Exception](16)
     to_server, from_client = anyio.create_memory_object_stream[SessionMessage](16)
     ws_url = "ws" + url.removeprefix("http")
@@ -181,7 +193,7 @@ async def websocket_streams(
 
         nursery.start_soon(pump_in)
         nursery.start_soon(pump_out)
-        yield from_server, to_server
+        yield ws, from_server, to_server
         nursery.cancel_scope.cancel()
 
 
@@ -376,3 +388,53 @@ async def test_websocket_session_expires_and_closes_the_socket() -> None:
                 assert expired.reason == "idle-timeout"
                 with pytest.raises(MCPError):
                     await client.call_tool("counter", {})
+
+
+async def test_websocket_deadline_closes_with_1000_and_the_reason() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with (
+            http_server(idle_timeout=1.0) as (sup, url),
+            sup.subscribe() as events,
+            websocket_connection(url) as (ws, read, write),
+            ClientSession(read, write) as client,
+        ):
+            await client.initialize()
+            [session] = sup.active_sessions()
+            expired = await wait_for(events, EventKind.EXPIRED, session.id)
+            assert expired.reason == "idle-timeout"
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+            assert closed.value.reason.code == 1000
+            assert closed.value.reason.reason == "idle-timeout"
+
+
+async def test_websocket_close_drains_with_the_official_client() -> None:
+    send, started = sleep_channel()
+    grace = 2.0
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_supervisor(close_grace=grace) as sup,
+            sup.subscribe() as events,
+            trio.open_nursery() as nursery,
+        ):
+            url: str = await nursery.start(partial(serve_http, sup, sleep_server(send), port=0))
+            async with (
+                websocket_connection(url) as (ws, read, write),
+                ClientSession(read, write) as client,
+            ):
+                await client.initialize()
+                [session] = sup.active_sessions()
+                await check_drain(
+                    client,
+                    started,
+                    grace=grace,
+                    close_at=trio.current_time() + 0.5,
+                    close=lambda: sup.close_session(session.id, reason="operator"),
+                )
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                assert closed.value.reason.code == 1000
+                assert closed.value.reason.reason == "operator"
+            ended = await wait_for(events, EventKind.CLOSED, session.id)
+            assert ended.reason == "operator"
+            nursery.cancel_scope.cancel()
