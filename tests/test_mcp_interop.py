@@ -404,8 +404,8 @@ async def test_websocket_deadline_closes_with_1000_and_the_reason() -> None:
             assert expired.reason == "idle-timeout"
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.get_message()
-            assert closed.value.reason.code == 1000
-            assert closed.value.reason.reason == "idle-timeout"
+            assert closed.value.reason is not None
+            assert (closed.value.reason.code, closed.value.reason.reason) == (1000, "idle-timeout")
 
 
 async def test_websocket_close_drains_with_the_official_client() -> None:
@@ -433,8 +433,8 @@ async def test_websocket_close_drains_with_the_official_client() -> None:
                 )
                 with pytest.raises(ConnectionClosed) as closed:
                     await ws.get_message()
-                assert closed.value.reason.code == 1000
-                assert closed.value.reason.reason == "operator"
+                assert closed.value.reason is not None
+                assert (closed.value.reason.code, closed.value.reason.reason) == (1000, "operator")
             ended = await wait_for(events, EventKind.CLOSED, session.id)
             assert ended.reason == "operator"
             nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 import trio
@@ -517,3 +518,43 @@ async def test_in_process_close_drains_requests_in_flight(
         )
         assert ended.reason == {"close_session": "closed"}.get(how, how)
         assert trio.current_time() < close_at + grace
+
+
+async def test_in_process_close_answers_then_ends_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """On the raw streams: the cut request's error, then EOF (no exception, no second answer)."""
+    send, started = sleep_channel()
+    async with (
+        open_supervisor(close_grace=1.0) as sup,
+        open_in_process_streams(sup, sleep_server(send)) as connection,
+    ):
+        write, read = connection.write_stream, connection.read_stream
+
+        async def request(request_id: int, method: str, params: dict[str, Any]) -> None:
+            message = types.JSONRPCRequest(
+                jsonrpc="2.0", id=request_id, method=method, params=params
+            )
+            await write.send(SessionMessage(message))
+
+        await request(1, "initialize", INIT["params"])  # type: ignore[arg-type]
+        assert isinstance(await read.receive(), SessionMessage)
+        await write.send(
+            SessionMessage(
+                types.JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized")
+            )
+        )
+        await request(2, "tools/call", {"name": "sleep", "arguments": {"seconds": 100}})
+        await started.receive()
+        assert sup.close_session(connection.session_id)
+        received: list[SessionMessage | Exception] = []
+        with pytest.raises(anyio.EndOfStream):
+            while True:
+                received.append(await read.receive())
+        [answer] = received
+        assert isinstance(answer, SessionMessage)
+        assert isinstance(answer.message, types.JSONRPCError)
+        assert answer.message.id == 2
+        assert answer.message.error.code == SESSION_CLOSING_CODE
+        assert answer.message.error.data == {"reason": "closed"}
+        assert trio.current_time() < 1.0

@@ -58,7 +58,9 @@ async def open_in_process_streams(
     streams inside its actor, like any other transport: it is subject to the supervisor's
     capacity, deadlines and events. Leaving the block closes the client's write stream (the
     server sees EOF and the session closes with reason ``"client-disconnected"``) and waits
-    until the session's actor has finished.
+    until the session's actor has finished. When the supervisor ends the session instead (a
+    deadline, ``close_session``, shutdown), it closes gracefully (see `run_mcp_session`) and
+    then the client's read stream ends.
 
     Args:
         supervisor: The supervisor to run the session in.

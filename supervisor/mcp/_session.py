@@ -4,7 +4,9 @@ Every transport ends up here: `run_mcp_session` takes a stream pair (anyio memor
 raw trio channels: the SDK expects anyio's exceptions), wraps it to observe the handshake and to
 make the session visible to handlers (`current_session`), and drives ``serve_loop`` (handshake era
 only, Streamable HTTP) or ``serve_dual_era_loop`` (duplex transports, both eras) until the client
-goes away or the supervisor asks the session to close.
+goes away or the supervisor ends the session. Ended by the supervisor (a deadline, a close, a
+shutdown), a session closes gracefully: `_Guard` shields it from the actor's cancellation and
+`_Closer` gives the requests in flight the close grace, answering the rest with a JSON-RPC error.
 """
 
 from __future__ import annotations
@@ -652,8 +654,12 @@ async def run_mcp_session(
 
     * the client ends the stream (EOF): the session is then asked to close with reason
       ``"client-disconnected"``;
-    * the supervisor asks the session to close (idle or init deadline, ``close_session``,
-      shutdown): the mailbox ends and the protocol loop is cancelled.
+    * the supervisor ends the session (an idle, init or lifetime deadline, ``close_session``,
+      shutdown), once it has closed gracefully: from then on a new request gets a JSON-RPC
+      error (code -32603) at once; requests in flight may finish within the
+      grace period (``close_grace``, ``shutdown_grace`` for a shutdown; after a deadline
+      ``close_grace`` from the moment it fired), and those still running shortly before it
+      ends get that error too. Then the protocol loop ends and ``write_stream`` is closed.
 
     The handshake is reported to the supervisor: INITIALIZING on ``initialize``; READY, with the
     client info, negotiated version and capabilities, once the server has accepted it and the

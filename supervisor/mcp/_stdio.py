@@ -34,8 +34,11 @@ async def serve_stdio(
     """Serve one MCP session over stdin/stdout; return when it ends.
 
     The session (transport `Transport.STDIO`) ends when the client closes stdin (reason
-    ``"client-disconnected"``) or when the supervisor closes it (idle or init deadline,
+    ``"client-disconnected"``) or when the supervisor ends it (a deadline, ``close_session``,
     shutdown); either way this returns once the replies already produced are written out.
+    Ended by the supervisor, it closes gracefully: requests in flight get the close grace
+    period and those still running then get a JSON-RPC error, as does any request that
+    arrives after the close began (see `run_mcp_session`).
     Handlers must not print to stdout: it carries the protocol.
 
     Args:

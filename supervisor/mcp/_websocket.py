@@ -52,7 +52,10 @@ async def serve_websocket_connection(
     Refuses the handshake (403 for Host/Origin or a missing ``"mcp"`` subprotocol when others
     are offered, 401 for a refused token, 503 at capacity) before any session exists. Returns
     when the session has ended; a client disconnect closes the session with reason
-    ``"client-disconnected"``.
+    ``"client-disconnected"``. Ended by the supervisor (a deadline, ``close_session``,
+    shutdown), the session closes gracefully (see `run_mcp_session`), then the socket gets a
+    close frame with code 1000 and the close reason (``"idle-timeout"``, ``"shutdown"``, ...);
+    a session that failed gets 1011.
     """
     first = await receive()
     if first["type"] != "websocket.connect":  # pragma: no cover - not in the ASGI spec
