@@ -348,6 +348,48 @@ async def test_sdk_verifier_returning_something_else_is_a_500() -> None:
         assert len(sup) == 0
 
 
+@pytest.mark.parametrize("returned", ["raise", 5])
+async def test_websocket_handshake_with_a_failing_verifier_is_a_500(returned: Any) -> None:
+    async def bad(token: str) -> Any:
+        if returned == "raise":
+            raise RuntimeError("verifier down")
+        return returned
+
+    async with serving_app(max_sessions=1, app_options={"token_verifier": bad}) as (
+        sup,
+        app,
+        _client,
+    ):
+        for _ in range(3):
+            sent: list[Mapping[str, Any]] = []
+            connected = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal connected
+                if not connected:
+                    connected = True
+                    return {"type": "websocket.connect"}
+                await trio.sleep_forever()
+                raise AssertionError  # pragma: no cover
+
+            async def send(message: Mapping[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "websocket",
+                "path": "/mcp",
+                "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer x")],
+                "subprotocols": ["mcp"],
+                "extensions": {"websocket.http.response": {}},
+            }
+            with trio.fail_after(5):
+                await app(scope, receive, send)
+            assert sent[0]["type"] == "websocket.http.response.start"
+            assert sent[0]["status"] == 500
+        assert len(sup) == 0
+        assert sup.statistics().total == 0
+
+
 # -- a client that disconnects mid-request (#4) ---------------------------------------------
 
 
