@@ -348,6 +348,36 @@ async def test_sdk_verifier_returning_something_else_is_a_500() -> None:
         assert len(sup) == 0
 
 
+async def websocket_handshake(app: McpHttpApp, headers: Mapping[str, str]) -> Mapping[str, Any]:
+    """Offer a WebSocket over raw ASGI; the app's first answer."""
+    sent: list[Mapping[str, Any]] = []
+    connected = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal connected
+        if not connected:
+            connected = True
+            return {"type": "websocket.connect"}
+        await trio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(message)
+
+    raw = [(b"host", b"127.0.0.1:8000")]
+    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    scope = {
+        "type": "websocket",
+        "path": "/mcp",
+        "headers": raw,
+        "subprotocols": ["mcp"],
+        "extensions": {"websocket.http.response": {}},
+    }
+    with trio.fail_after(5):
+        await app(scope, receive, send)
+    return sent[0]
+
+
 @pytest.mark.parametrize("returned", ["raise", 5])
 async def test_websocket_handshake_with_a_failing_verifier_is_a_500(returned: Any) -> None:
     async def bad(token: str) -> Any:
@@ -361,31 +391,9 @@ async def test_websocket_handshake_with_a_failing_verifier_is_a_500(returned: An
         _client,
     ):
         for _ in range(3):
-            sent: list[Mapping[str, Any]] = []
-            connected = False
-
-            async def receive() -> dict[str, Any]:
-                nonlocal connected
-                if not connected:
-                    connected = True
-                    return {"type": "websocket.connect"}
-                await trio.sleep_forever()
-                raise AssertionError  # pragma: no cover
-
-            async def send(message: Mapping[str, Any]) -> None:
-                sent.append(message)
-
-            scope = {
-                "type": "websocket",
-                "path": "/mcp",
-                "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", b"Bearer x")],
-                "subprotocols": ["mcp"],
-                "extensions": {"websocket.http.response": {}},
-            }
-            with trio.fail_after(5):
-                await app(scope, receive, send)
-            assert sent[0]["type"] == "websocket.http.response.start"
-            assert sent[0]["status"] == 500
+            answer = await websocket_handshake(app, ALICE)
+            assert answer["type"] == "websocket.http.response.start"
+            assert answer["status"] == 500
         assert len(sup) == 0
         assert sup.statistics().total == 0
 
