@@ -279,6 +279,35 @@ async def test_event_ids_on_the_wire_do_not_carry_the_session_id(
             assert session_id[:9] not in stream_id
 
 
+async def test_each_sessions_view_of_the_store_is_its_own() -> None:
+    from supervisor.mcp._http import _RELEASE, _SessionEventStore
+
+    inner = InMemoryEventStore()
+    mine, theirs = _SessionEventStore(inner), _SessionEventStore(inner)
+    note = types.JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={})
+    priming = await mine.store_event("_GET_stream", None)
+    sent = await mine.store_event("_GET_stream", note)
+    foreign = await theirs.store_event("_GET_stream", note)
+    assert len({stream_id for stream_id, _ in inner.events.values()}) == 2
+    replayed: list[str | None] = []
+
+    async def collect(event: EventMessage) -> None:
+        replayed.append(event.event_id)
+
+    released: list[bool] = []
+    _RELEASE.set(lambda: released.append(True))
+    # The stream of server-to-client messages, resumed: replayed, and not a request in flight.
+    assert await mine.replay_events_after(priming, collect) == "_GET_stream"
+    assert replayed == [sent]
+    assert released == [True]
+    replayed.clear()
+    # Another session's event id, or the store's own id without this session's namespace.
+    assert await mine.replay_events_after(foreign, collect) is None
+    assert await mine.replay_events_after(foreign.rsplit(".", 1)[1], collect) is None
+    assert await mine.replay_events_after(sent.rsplit(".", 1)[1], collect) is None
+    assert replayed == []
+
+
 # -- token verifiers that misbehave (#2) ----------------------------------------------------
 
 
