@@ -413,14 +413,14 @@ class _Guard:
     gets `_FLUSH_TIMEOUT` at most to write what it has and close, after which `scope` cancels.
     """
 
-    __slots__ = ("_ctx", "_done", "_expiry", "_state", "_wake", "deadline", "scope")
+    __slots__ = ("_ctx", "_done", "_fired", "_state", "_wake", "deadline", "scope")
 
     def __init__(self, ctx: SessionContext[Any]) -> None:
         self._ctx = ctx
         self.scope = trio.CancelScope(shield=True)
         self._wake: trio.CancelScope | None = None
         self._state = _SERVING
-        self._expiry: str | None = None
+        self._fired: str | None = None
         self._done = False
         #: When work in flight must be done (trio clock); ``inf`` while serving.
         self.deadline = math.inf
@@ -447,25 +447,25 @@ class _Guard:
 
     @property
     def reason(self) -> str:
-        """Why the session is ending, for the transport's goodbye."""
-        return self._ctx.session.close_reason or self._expiry or "closed"
+        """Why the session is ending, for the transport's goodbye (a deadline's, once it fired)."""
+        return self._fired or self._ctx.session.close_reason or "closed"
 
     def _cancelled(self) -> None:
         now = trio.current_time()
         session = self._ctx.session
         config = self._ctx.supervisor.config
         reason = session.close_reason
-        if (
-            self._state == _SERVING
-            and session.deadline <= now
-            and (reason is None or reason in _EXPIRY_REASONS)
+        if self._state == _SERVING and (
+            reason in _EXPIRY_REASONS or (reason is None and session.deadline <= now)
         ):
             # A deadline fired while serving: the same grace as a close.
             self._state = _EXPIRING
-            self._expiry = reason or _expiry_reason(session, config, now)
+            self._fired = reason or _expiry_reason(session, config, now)
             self.deadline = now + config.close_grace
             hard = self.deadline + _FLUSH_TIMEOUT
         else:
+            if self._state == _SERVING and reason is None:
+                self._fired = "cancelled"  # the supervisor itself is being cancelled
             self._state = _CUT
             self.deadline = now
             hard = now + _FLUSH_TIMEOUT
