@@ -7,6 +7,7 @@ are in tests/test_mcp_session.py; a real subprocess in tests/test_mcp_interop.py
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -121,3 +122,24 @@ async def test_close_drains_requests_in_flight(
         assert trio.current_time() < close_at + grace
         # One answer per request: initialize, tools/list, two calls, the late ping.
         assert len(peer.lines) == 5
+
+
+async def test_no_full_session_id_in_logs(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    send, started = sleep_channel()
+    async with open_supervisor(close_grace=1.0, idle_timeout=30.0) as sup:
+        async with stdio_client(sup, sleep_server(send)) as peer:
+            await peer.client.initialize()
+            [session] = sup.active_sessions()
+            await check_drain(
+                peer.client,
+                started,
+                grace=1.0,
+                close_at=5.0,
+                close=lambda: sup.close_session(session.id),
+            )
+    assert caplog.records
+    for record in caplog.records:
+        assert session.id not in record.getMessage(), record.getMessage()
