@@ -560,6 +560,27 @@ async def test_every_close_ends_the_get_stream_cleanly(
         wire.assert_ended_cleanly()
 
 
+async def test_an_exception_in_the_supervisor_block_still_cancels_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cancelled: list[str] = []
+    with pytest.raises(BaseExceptionGroup) as failed:
+        async with serving_app(hang_server(cancelled), close_grace=30.0) as (_sup, app, client):
+            session_id = await initialize(client)
+            stream = Wire("GET", get_headers(session_id))
+            call = Wire("POST", session_headers(session_id), call_body("hang", {}))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.run, app)
+                nursery.start_soon(call.run, app)
+                await trio.testing.wait_all_tasks_blocked()
+                start = trio.current_time()
+                raise RuntimeError("operator bug")
+    assert failed.group_contains(RuntimeError, match="operator bug")
+    # No close grace (30 s): at most the SDK's own bound (1 s) on its shielded error write.
+    assert trio.current_time() - start <= 1.0
+    assert cancelled == ["hang"]
+
+
 # -- an open GET stream does not pin its session ---------------------------------------------
 
 
