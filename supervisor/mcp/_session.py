@@ -441,9 +441,28 @@ class _Guard:
     def begin_close(self) -> float:
         """The session was asked to close (its mailbox ended); return the drain's deadline."""
         if self._state == _SERVING:
-            self._state = _CLOSING
-            self.deadline = self._ctx.session.deadline
+            now = trio.current_time()
+            if self._expired(now):
+                self._expire(now)
+            else:
+                self._state = _CLOSING
+                self.deadline = self._ctx.session.deadline
         return self.deadline
+
+    def _expired(self, now: float) -> bool:
+        # A deadline fired (whether or not the core has recorded its reason yet).
+        session = self._ctx.session
+        reason = session.close_reason
+        return reason in _EXPIRY_REASONS or (reason is None and session.deadline <= now)
+
+    def _expire(self, now: float) -> None:
+        config = self._ctx.supervisor.config
+        self._state = _EXPIRING
+        self._fired = self._ctx.session.close_reason or _expiry_reason(
+            self._ctx.session, config, now
+        )
+        self.deadline = now + config.close_grace
+        self.scope.deadline = min(self.scope.deadline, self.deadline + _FLUSH_TIMEOUT)
 
     @property
     def reason(self) -> str:
@@ -452,24 +471,15 @@ class _Guard:
 
     def _cancelled(self) -> None:
         now = trio.current_time()
-        session = self._ctx.session
-        config = self._ctx.supervisor.config
-        reason = session.close_reason
-        if self._state == _SERVING and (
-            reason in _EXPIRY_REASONS or (reason is None and session.deadline <= now)
-        ):
+        if self._state == _SERVING and self._expired(now):
             # A deadline fired while serving: the same grace as a close.
-            self._state = _EXPIRING
-            self._fired = reason or _expiry_reason(session, config, now)
-            self.deadline = now + config.close_grace
-            hard = self.deadline + _FLUSH_TIMEOUT
+            self._expire(now)
         else:
-            if self._state == _SERVING and reason is None:
+            if self._state == _SERVING and self._ctx.session.close_reason is None:
                 self._fired = "cancelled"  # the supervisor itself is being cancelled
             self._state = _CUT
             self.deadline = now
-            hard = now + _FLUSH_TIMEOUT
-        self.scope.deadline = min(self.scope.deadline, hard)
+            self.scope.deadline = min(self.scope.deadline, now + _FLUSH_TIMEOUT)
         self.wake()
 
     async def _watch(self) -> None:
