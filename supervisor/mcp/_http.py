@@ -219,13 +219,15 @@ def _disconnect_after(gone: trio.Event) -> Receive:
 
 
 async def _watch(receive: Receive, gone: trio.Event, cancel_scope: trio.CancelScope) -> None:
-    """Read ``receive`` until the client disconnects, then set ``gone`` and cancel."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone.set()
-            cancel_scope.cancel()
-            return
+    """Wait for the client to disconnect (the body has been read), then set ``gone`` and cancel.
+
+    After the body, ``http.disconnect`` is the only message ASGI servers send; anything else
+    ends the watch (a loop over a receive that answers at once would never yield).
+    """
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        gone.set()
+        cancel_scope.cancel()
 
 
 @final
