@@ -962,7 +962,7 @@ class McpHttpApp:
         flights = _Flights()
         handshake = _Handshake(ctx=ctx, track_busy=False)
         serving = trio.CancelScope()
-        drained = trio.Event()
+        expiring: list[trio.Event] = []  # set when the drain after a deadline is over
         error: BaseException | None = None
         async with trio.open_nursery() as watcher:
             watcher.start_soon(guard.watch)
@@ -986,17 +986,20 @@ class McpHttpApp:
                             # Asked to close (DELETE, close_session, shutdown).
                             await _drain(transport, flights, cut, guard.begin_close())
 
-                        async def expire() -> None:
+                        async def expire(drained: trio.Event) -> None:
                             # A deadline fired (idle, init, lifetime): the same drain. Its cut
                             # ends the protocol loop (and `_serve_session`) at once.
-                            await guard.expired.wait()
                             try:
                                 await _drain(transport, flights, serving.cancel, guard.deadline)
                             finally:
                                 serving.cancel()
                                 drained.set()
 
-                        requests.start_soon(expire)
+                        def on_expiry() -> None:
+                            expiring.append(trio.Event())
+                            requests.start_soon(expire, expiring[0])
+
+                        guard.on_expiry = on_expiry
                         try:
                             with serving:
                                 await _serve_session(
@@ -1011,10 +1014,11 @@ class McpHttpApp:
                                     drain=drain,
                                 )
                         finally:
+                            guard.on_expiry = None
                             try:
-                                if guard.expired.is_set():
+                                if expiring:
                                     # Requests cut by the drain are still being answered.
-                                    await drained.wait()
+                                    await expiring[0].wait()
                             finally:
                                 # Leaving transport.connect() closes the session's streams.
                                 # (Not terminate(): it logs the full session id at INFO.)
@@ -1050,7 +1054,7 @@ class _Guard:
     a close is over, or the supervisor itself is being cancelled) the work is cancelled at once.
     """
 
-    __slots__ = ("_ctx", "closing", "deadline", "expired", "finished", "scope")
+    __slots__ = ("_ctx", "closing", "deadline", "expired", "finished", "on_expiry", "scope")
 
     def __init__(self, ctx: SessionContext[Any]) -> None:
         self._ctx = ctx
@@ -1060,6 +1064,8 @@ class _Guard:
         self.finished = False
         #: When the drain must be over (trio clock).
         self.deadline = math.inf
+        #: Called once when a deadline fired while serving: starts the drain.
+        self.on_expiry: Callable[[], None] | None = None
 
     def begin_close(self) -> float:
         """The mailbox ended (the session was asked to close): the drain's deadline."""
@@ -1082,6 +1088,8 @@ class _Guard:
             self.deadline = now + self._ctx.supervisor.config.close_grace
             self.scope.deadline = self.deadline + _FLUSH_TIMEOUT
             self.expired.set()
+            if self.on_expiry is not None:
+                self.on_expiry()
         else:
             self.scope.cancel()
 
