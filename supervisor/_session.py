@@ -1,8 +1,9 @@
 """The session record (a read-only `Session` view for users), its messages and its mailbox.
 
-The bottom of the core: everything here is a function of one session record and imports nothing
-above `supervisor._state` and `supervisor._ids`. The supervisor (`supervisor._supervisor`) and
-the actor's handle on it (`SessionContext`, defined there) build on it; nothing here calls up.
+The bottom of the core: everything here is a function of one session record, and it imports
+only the leaves (`supervisor._state`, `supervisor._ids`, `supervisor._exceptions`). The
+supervisor (`supervisor._supervisor`) and the actor's handle on it (`SessionContext`, defined
+there) build on it; nothing here calls up.
 """
 
 from __future__ import annotations
@@ -398,11 +399,6 @@ def _short(session_id: object) -> str:
     return short + "…" if len(text) > len(short) else short
 
 
-def _fired(session: Session, now: float) -> bool:
-    """Whether a deadline of a serving session has passed at ``now`` (two comparisons)."""
-    return now >= session._armed or now >= session._hard
-
-
 def _touch(session: Session, now: float) -> None:
     """Activity at ``now``: push the idle deadline if it passes the armed one (deadline_slack).
 
@@ -425,8 +421,9 @@ def _touch(session: Session, now: float) -> None:
 def _begin_flight(session: Session) -> None:
     """Work begins (a call, a ``ctx.busy()`` block): the idle clock stops.
 
-    The caller has made sure no deadline has fired yet (`_fired` at this step's time, or
-    `_ending`), so pausing cannot move a deadline that fired.
+    The caller has made sure no deadline has fired yet (`Supervisor.call` compares the clock
+    with it in the same step; ``ctx.busy()`` asks `_ending`), so pausing cannot move a deadline
+    that fired.
     """
     session._in_flight += 1
     if session._in_flight == 1 and session._armed != math.inf and session._close_reason is None:

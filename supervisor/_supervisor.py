@@ -40,7 +40,6 @@ from ._session import (
     _check_live,
     _end_flight,
     _ending,
-    _fired,
     _short,
     _touch,
 )
@@ -802,7 +801,10 @@ class Supervisor:
 
     def _deliverable(self, session_id: str, now: float) -> Session:
         session = self._live(session_id)
-        if session._close_reason is not None or (_fired(session, now) and _ending(session)):
+        if session._close_reason is not None or (
+            # A deadline has passed (the scope's is min(armed, hard)): the session is ending.
+            (now >= session._armed or now >= session._hard) and _ending(session)
+        ):
             raise SessionClosed(f"session {_short(session_id)} is closing")
         return session
 

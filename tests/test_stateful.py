@@ -89,6 +89,7 @@ class SupervisorMachine(RuleBasedStateMachine):
         self.stop: trio.Event
         self.sup, self.events, self.token, self.nursery, self.stop = handoff.get(timeout=10)
         self.seen: list[Event] = []
+        self.decided: dict[str, str] = {}  # close reasons observed while sessions were ending
 
     def _loop(self, handoff: queue.Queue[Any]) -> None:
         async def main() -> None:
@@ -149,6 +150,40 @@ class SupervisorMachine(RuleBasedStateMachine):
             return multiple()
         self.created.append(session_id)
         return session_id
+
+    @rule(
+        bad=st.sampled_from(
+            [
+                {"transport": "carrier-pigeon"},
+                {"metadata": 5},
+                {"principal": ["alice"]},
+                {"principal": 7},
+                {"principal": ""},
+                {"actor": None},
+            ]
+        )
+    )
+    def create_invalid(self, bad: dict[str, Any]) -> None:
+        def create() -> None:
+            kwargs: dict[str, Any] = {"actor": actor, "metadata": {"kind": "echo"}, **bad}
+            try:
+                self.sup.create_session_nowait(kwargs.pop("actor"), **kwargs)
+            except (TypeError, ValueError):
+                return  # nothing reserved: the invariants below check that
+            raise AssertionError(f"{bad} was accepted")  # pragma: no cover
+
+        self.run_sync(create)
+
+    @rule(session_id=sessions)
+    def close_reason_seen(self, session_id: str) -> None:
+        def look() -> None:
+            with suppress(SessionNotFound):
+                reason = self.sup.get_session(session_id).close_reason
+                if reason is not None:
+                    self.decided.setdefault(session_id, reason)
+                    assert self.decided[session_id] == reason, "the reason changed"
+
+        self.run_sync(look)
 
     @rule(session_id=sessions)
     def send(self, session_id: str) -> None:
@@ -219,6 +254,9 @@ class SupervisorMachine(RuleBasedStateMachine):
             assert stats.active == sum(1 for s in sessions if s.state is SessionState.READY)
             assert stats.authenticated == sum(1 for s in sessions if s.is_authenticated)
             assert all(s.in_flight >= 0 for s in sessions)
+            # No slot or principal count outlives its session, whatever failed on the way.
+            assert sup._used == stats.total + stats.waiting
+            assert sum(sup._by_principal.values()) == sum(1 for s in sessions if s.principal)
             self._collect()
             terminal = Counter(e.session_id for e in self.seen if e.kind.is_terminal)
             assert all(n == 1 for n in terminal.values()), "more than one terminal event"
@@ -227,6 +265,9 @@ class SupervisorMachine(RuleBasedStateMachine):
             for event in self.seen:
                 if event.kind is EventKind.EXPIRED and event.reason == "idle-timeout":
                     assert event.at - event.session.last_activity >= IDLE  # never early
+                if event.kind.is_terminal and event.kind is not EventKind.FAILED:
+                    decided = self.decided.get(event.session_id)
+                    assert decided in (None, event.reason), "the end was decided twice"
             assert not self.call_errors, self.call_errors
 
         self.run_sync(check)
