@@ -58,7 +58,7 @@ def test_exception_family() -> None:
 
 
 CORE = ["__init__", "_config", "_events", "_exceptions", "_session", "_state", "_stats"]
-CORE += ["_supervisor"]
+CORE += ["_ids", "_supervisor"]
 
 
 def test_core_imports_only_trio_and_attrs() -> None:
@@ -76,3 +76,29 @@ def test_core_imports_only_trio_and_attrs() -> None:
             for module in names:
                 top = module.split(".")[0]
                 assert top in allowed or top in sys.stdlib_module_names, f"{path.name}: {module}"
+
+
+#: The core's layers, bottom up: a module imports only from layers below its own (never from
+#: its own layer or above, not even under TYPE_CHECKING).
+LAYERS = [
+    {"_ids", "_exceptions"},
+    {"_config", "_state"},
+    {"_stats", "_session"},
+    {"_events"},
+    {"_supervisor"},
+    {"__init__"},
+]
+
+
+def test_core_modules_import_one_way() -> None:
+    root = Path(supervisor.__file__).parent
+    layer_of = {name: n for n, layer in enumerate(LAYERS) for name in layer}
+    assert set(layer_of) >= set(CORE)
+    for name, layer in layer_of.items():
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                target = (node.module or "").split(".")[0]
+                if target not in layer_of:
+                    continue  # not a core module (the optional layers import the core, not back)
+                assert layer_of[target] < layer, f"{name} imports {target}: not a lower layer"
