@@ -53,8 +53,8 @@ def test_the_reduced_soak_counts_expected_refusals_instead_of_printing_them() ->
     refusals = [line for line in lines if "refused" in line and "WARNING" in line]
     assert not refusals, refusals[:5]
     counted = [line for line in lines if line.startswith("expected log records")]
-    assert any("'refused a new session: %s'" in line for line in counted), counted
-    assert any("'refused request with Origin %r'" in line for line in counted), counted
+    assert any("'refused a new session'" in line for line in counted), counted
+    assert any("'refused request with Origin'" in line for line in counted), counted
     assert len(lines) < 300, f"{len(lines)} lines of output"
 
 
@@ -82,8 +82,8 @@ def test_expected_records_are_counted_and_others_pass_through() -> None:
     assert "something else went wrong: disk full" in shown
     assert "a tool crashed" in shown
     assert "an info record" not in shown
-    assert handler.counts == {"refused a new session: %s": 500, "refused request with Origin %r": 1}
+    assert handler.counts == {"refused a new session": 500, "refused request with Origin": 1}
     assert handler.summary() == [
-        "expected log records (counted, not shown): 500 x 'refused a new session: %s'",
-        "expected log records (counted, not shown): 1 x 'refused request with Origin %r'",
+        "expected log records (counted, not shown): 500 x 'refused a new session'",
+        "expected log records (counted, not shown): 1 x 'refused request with Origin'",
     ]

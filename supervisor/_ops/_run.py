@@ -109,7 +109,7 @@ def _load_metrics(sup: Supervisor, out: TextIO) -> OperatorMetrics | None:
     except ImportError:
         print(
             "prometheus-client is not installed: /metrics is off "
-            "(pip install 'trio-session-supervisor[metrics]')",
+            "(install the [metrics] extra, or: pip install prometheus-client)",
             file=out,
             flush=True,
         )

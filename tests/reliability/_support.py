@@ -97,7 +97,7 @@ EXPECTED_RECORDS: tuple[tuple[str, str], ...] = (
 
 
 class ExpectedLogRecords(logging.Handler):
-    """Counts expected records by message template instead of printing them; prints the rest.
+    """Counts expected records by message instead of printing them; prints the rest.
 
     Installed on the root logger for the soak runs (``scripts/soak.py`` disables pytest's log
     capture so progress streams live): a flood test's ten thousand refusals become one count
@@ -117,13 +117,11 @@ class ExpectedLogRecords(logging.Handler):
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        template = str(record.msg)
-        if any(
-            record.name.startswith(logger) and message in template
-            for logger, message in self.expected
-        ):
-            self.counts[template] = self.counts.get(template, 0) + 1
-            return
+        text = record.getMessage()
+        for logger, message in self.expected:
+            if record.name.startswith(logger) and message in text:
+                self.counts[message] = self.counts.get(message, 0) + 1
+                return
         if record.levelno < logging.WARNING:
             return
         try:
@@ -134,7 +132,7 @@ class ExpectedLogRecords(logging.Handler):
             self.handleError(record)
 
     def summary(self) -> list[str]:
-        """One line per expected message template that was counted."""
+        """One line per expected message that was counted."""
         return [
             f"expected log records (counted, not shown): {count:,} x {template!r}"
             for template, count in sorted(self.counts.items())
