@@ -473,6 +473,16 @@ async def test_disconnect_mid_request_frees_the_session(
             with trio.fail_after(1):
                 await wire.finished.wait()
         assert sup.get_session(session_id).in_flight == 0
+        if json_response:
+            # No stream to resume: the handler works for nobody and is cancelled at once.
+            with trio.fail_after(1):
+                while not cancelled:
+                    await trio.sleep(0.01)
+            assert cancelled == ["hang"]
+            assert sup.get_session(session_id).state is SessionState.READY
+        else:
+            # An SSE stream may be resumed (with an event store): the handler runs on.
+            assert cancelled == []
         # The slot is no longer held: the session idles out on time, like any other.
         expired = await wait_for(events, EventKind.EXPIRED, session_id)
         assert expired.reason == "idle-timeout"

@@ -16,10 +16,11 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, contextmanager, suppress
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, final, runtime_checkable
 
+import anyio
 import attrs
 import trio
 from mcp.server._streamable_http_modern import handle_modern_request
@@ -32,11 +33,13 @@ from mcp.server.streamable_http import (
     EventStore,
     StreamableHTTPServerTransport,
 )
+from mcp.shared.message import SessionMessage
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     PARSE_ERROR,
     UNSUPPORTED_PROTOCOL_VERSION,
+    JSONRPCNotification,
 )
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
@@ -256,6 +259,8 @@ class _HttpExchange:
     done: trio.Event = attrs.field(factory=trio.Event)
     #: What the transport raised after the call was answered early.
     error: Exception | None = None
+    #: JSON responses only: set when the client disconnects before its response.
+    gone: trio.Event | None = None
 
     async def tracking_send(self, message: ASGIMessage) -> None:
         if message["type"] == "http.response.start":
@@ -424,8 +429,9 @@ class McpHttpApp:
     that raises, or returns anything but a ``str`` or ``None``, is a 500 (logged, nothing
     reserved). Each request of a session runs in that session's actor as a `Supervisor.call`,
     so it counts as in flight (the idle clock is paused) while it runs; a client that
-    disconnects ends its request's call (JSON or SSE response alike), but not the handler:
-    a disconnect is not a cancellation (the spec's rule), and the session idles out as usual.
+    disconnects ends its request's call, and the session idles out as usual; with JSON
+    responses its handler is cancelled too (nothing can reach the client any more), with SSE
+    it runs on (a disconnect is not a cancellation, the spec's rule: the stream may resume).
     The GET stream of server-to-client messages is not a request: it neither pauses the idle
     clock nor counts against ``max_requests_per_session`` (one per session), so a silent
     session with an open stream expires on time; its stream then ends cleanly and the
@@ -827,7 +833,7 @@ class McpHttpApp:
             if self._lookup(session_id, principal) is None:
                 await self._not_found(send)
                 return
-            exchange = _HttpExchange(scope, replayed, send, body=body)
+            exchange = _HttpExchange(scope, replayed, send, body=body, gone=gone)
             await self._exchange(session_id, exchange, watch=(receive, gone))
             return
         opening = _is_initialize(body)
@@ -853,7 +859,7 @@ class McpHttpApp:
             return
         if principal is not None and not session.is_authenticated:
             self.supervisor.authenticate_session(session.id, principal)
-        exchange = _HttpExchange(scope, replayed, send, body=body)
+        exchange = _HttpExchange(scope, replayed, send, body=body, gone=gone)
         try:
             await self._exchange(session.id, exchange, watch=(receive, gone))
         finally:
@@ -1151,6 +1157,50 @@ def _answer(message: Message[Any], value: Any) -> None:
         message.reply(value)
 
 
+async def _handle_json_request(
+    transport: StreamableHTTPServerTransport, exchange: _HttpExchange, gone: trio.Event
+) -> None:
+    """``handle_request`` for a JSON response; a client that disconnects cancels its request.
+
+    With a JSON response nothing can reach the client once it has gone (there is no stream to
+    resume), so the handler's work is for nobody: the server is told the request is cancelled
+    (``notifications/cancelled``, as if the client had sent it), which cancels the handler.
+    """
+    request_id = None if exchange.body is None else _request_id(exchange.body)
+    async with trio.open_nursery() as nursery:
+        if request_id is not None:
+            nursery.start_soon(_cancel_when_gone, transport, request_id, gone)
+        await transport.handle_request(exchange.scope, exchange.receive, exchange.tracking_send)
+        nursery.cancel_scope.cancel()
+
+
+async def _cancel_when_gone(
+    transport: StreamableHTTPServerTransport, request_id: str | int, gone: trio.Event
+) -> None:
+    await gone.wait()
+    writer = transport._read_stream_writer
+    if writer is None:
+        return
+    params = {"requestId": request_id, "reason": "the client disconnected"}
+    notice = JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled", params=params)
+    with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        await writer.send(SessionMessage(notice))
+
+
+def _request_id(body: bytes) -> str | int | None:
+    """The id of the JSON-RPC request in ``body`` (``None``: not a single request)."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(decoded, dict) or "method" not in decoded:
+        return None
+    request_id = decoded.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        return None
+    return request_id
+
+
 async def _serve_exchange(
     transport: StreamableHTTPServerTransport, handshake: _Handshake, message: Message[Any]
 ) -> None:
@@ -1175,9 +1225,12 @@ async def _serve_exchange(
             handshake.client_initialized()
         try:
             with exchange.cancel_scope:
-                await transport.handle_request(
-                    exchange.scope, exchange.receive, exchange.tracking_send
-                )
+                if exchange.gone is None:
+                    await transport.handle_request(
+                        exchange.scope, exchange.receive, exchange.tracking_send
+                    )
+                else:
+                    await _handle_json_request(transport, exchange, exchange.gone)
         except Exception as exc:
             logger.exception("MCP HTTP request failed")
             if message.expects_reply:
