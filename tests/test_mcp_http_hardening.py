@@ -430,7 +430,7 @@ async def test_websocket_handshake_with_a_failing_verifier_is_a_500(returned: An
 # -- a client that disconnects mid-request (#4) ---------------------------------------------
 
 
-def hang_server(cancelled: list[str]) -> Server[Any]:
+def hang_server(cancelled: list[str], ended: trio.Event | None = None) -> Server[Any]:
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -445,6 +445,8 @@ def hang_server(cancelled: list[str]) -> Server[Any]:
             await trio.sleep_forever()
         finally:
             cancelled.append("hang")
+            if ended is not None:
+                ended.set()
 
     return Server("hang", on_list_tools=list_tools, on_call_tool=call_tool)
 
@@ -454,9 +456,10 @@ async def test_disconnect_mid_request_frees_the_session(
     autojump_clock: trio.testing.MockClock, json_response: bool
 ) -> None:
     cancelled: list[str] = []
+    handler_ended = trio.Event()
     async with (
         serving_app(
-            hang_server(cancelled),
+            hang_server(cancelled, handler_ended),
             app_options={"json_response": json_response},
             idle_timeout=30.0,
         ) as (sup, app, client),
@@ -476,8 +479,7 @@ async def test_disconnect_mid_request_frees_the_session(
         if json_response:
             # No stream to resume: the handler works for nobody and is cancelled at once.
             with trio.fail_after(1):
-                while not cancelled:
-                    await trio.sleep(0.01)
+                await handler_ended.wait()
             assert cancelled == ["hang"]
             assert sup.get_session(session_id).state is SessionState.READY
         else:

@@ -103,6 +103,8 @@ DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
 #: Seconds a connection may stay idle between requests; it also bounds how long a client may take
 #: to send a request's headers (hypercorn's idle timer runs until the head is complete), so a
 #: client trickling headers is cut off after this long.
+#: Seconds to hand the server the cancellation of a request whose client disconnected.
+_CANCEL_NOTICE_TIMEOUT = 1.0
 _KEEP_ALIVE_TIMEOUT = 5.0
 
 #: The young-generation threshold of CPython's garbage collector while `serve_http` runs (the
@@ -1165,26 +1167,25 @@ async def _handle_json_request(
     With a JSON response nothing can reach the client once it has gone (there is no stream to
     resume), so the handler's work is for nobody: the server is told the request is cancelled
     (``notifications/cancelled``, as if the client had sent it), which cancels the handler.
+    The app cancels this exchange as soon as it sees the disconnect, so the notice is sent on
+    the way out, shielded and bounded; for a request already answered the server ignores it.
     """
-    request_id = None if exchange.body is None else _request_id(exchange.body)
-    async with trio.open_nursery() as nursery:
-        if request_id is not None:
-            nursery.start_soon(_cancel_when_gone, transport, request_id, gone)
+    try:
         await transport.handle_request(exchange.scope, exchange.receive, exchange.tracking_send)
-        nursery.cancel_scope.cancel()
-
-
-async def _cancel_when_gone(
-    transport: StreamableHTTPServerTransport, request_id: str | int, gone: trio.Event
-) -> None:
-    await gone.wait()
-    writer = transport._read_stream_writer
-    if writer is None:
-        return
-    params = {"requestId": request_id, "reason": "the client disconnected"}
-    notice = JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled", params=params)
-    with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-        await writer.send(SessionMessage(notice))
+    finally:
+        if gone.is_set() and exchange.body is not None:
+            request_id = _request_id(exchange.body)
+            writer = transport._read_stream_writer
+            if request_id is not None and writer is not None:
+                params = {"requestId": request_id, "reason": "the client disconnected"}
+                notice = JSONRPCNotification(
+                    jsonrpc="2.0", method="notifications/cancelled", params=params
+                )
+                with (
+                    trio.move_on_after(_CANCEL_NOTICE_TIMEOUT, shield=True),
+                    suppress(anyio.ClosedResourceError, anyio.BrokenResourceError),
+                ):
+                    await writer.send(SessionMessage(notice))
 
 
 def _request_id(body: bytes) -> str | int | None:
