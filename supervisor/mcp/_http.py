@@ -33,6 +33,7 @@ from mcp.server.streamable_http import (
     EventStore,
     StreamableHTTPServerTransport,
 )
+from mcp.shared.inbound import unsupported_protocol_version_rejection
 from mcp.shared.message import SessionMessage
 from mcp_types import (
     INTERNAL_ERROR,
@@ -116,7 +117,6 @@ DELETED = "client-delete"
 
 _SESSION_HEADER = b"mcp-session-id"
 _VERSION_HEADER = b"mcp-protocol-version"
-_ALL_VERSIONS = (*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS)
 
 
 @runtime_checkable
@@ -719,13 +719,7 @@ class McpHttpApp:
             await self._stateless_request(scope, receive, send, method)
             return
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            await _rpc_error(
-                send,
-                400,
-                UNSUPPORTED_PROTOCOL_VERSION,
-                f"Bad Request: unsupported MCP-Protocol-Version {version[:40]!r}",
-                data={"supported": list(_ALL_VERSIONS), "requested": version[:100]},
-            )
+            await self._unsupported_version(scope, receive, send, method, version)
             return
 
         session_id = _header(scope, _SESSION_HEADER)
@@ -760,6 +754,34 @@ class McpHttpApp:
                 "Method Not Allowed",
                 headers=[("Allow", "GET, POST, DELETE")],
             )
+
+    async def _unsupported_version(
+        self, scope: Scope, receive: Receive, send: Send, method: str, version: str
+    ) -> None:
+        """400 with UNSUPPORTED_PROTOCOL_VERSION, worded as the SDK's 2026-07-28 entry words it.
+
+        A POST's body is read first, bounded like every POST (413, 408), so the error echoes the
+        request's id; ``supported`` is the list ``server/discover`` advertises.
+        """
+        request_id: str | int | None = None
+        if method == "POST":
+            body = await self._read(scope, receive, send)
+            if body is None:
+                return
+            with suppress(ValueError, RecursionError):  # not JSON: no id to echo
+                decoded = json.loads(body)
+                candidate = decoded.get("id") if isinstance(decoded, dict) else None
+                if isinstance(candidate, str) or (
+                    isinstance(candidate, int) and not isinstance(candidate, bool)
+                ):
+                    request_id = candidate
+        # never None: a version the modern entry serves does not get here
+        rejection = unsupported_protocol_version_rejection(version[:100])
+        error = {"code": UNSUPPORTED_PROTOCOL_VERSION, "message": "Unsupported protocol version"}
+        if rejection is not None:
+            error = {"code": rejection.code, "message": rejection.message, "data": rejection.data}
+        reply = json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
+        await _respond(send, 400, reply)
 
     async def _post_headers_ok(self, scope: Scope, send: Send) -> bool:
         """Content-Type and Accept of a POST (answered here so every refusal is JSON-RPC)."""
