@@ -53,6 +53,7 @@ from .. import (
     Transport,
 )
 from .._ids import short_id
+from ._handles import serving_stateless
 from ._session import ServerSource, _Handshake, _serve_session, resolve_server
 
 if TYPE_CHECKING:
@@ -716,7 +717,7 @@ class McpHttpApp:
                     headers=[("Allow", "POST")],
                 )
                 return
-            await self._stateless_request(scope, receive, send, method)
+            await self._stateless_request(scope, receive, send, method, principal)
             return
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             await self._unsupported_version(scope, receive, send, method, version)
@@ -959,6 +960,18 @@ class McpHttpApp:
             raise exchange.error
 
     async def _stateless_request(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        method: str,
+        principal: Principal | None = None,
+    ) -> None:
+        # Session tools there open and use state handles of this supervisor, for this principal.
+        with serving_stateless(self.supervisor, principal, Transport.HTTP):
+            await self._stateless_exchange(scope, receive, send, method)
+
+    async def _stateless_exchange(
         self, scope: Scope, receive: Receive, send: Send, method: str
     ) -> None:
         if method == "POST":
