@@ -3,7 +3,10 @@
 It exposes, with the official ``mcp`` SDK (``MCPServer``), every tool, resource,
 prompt and handler that the suite's *server* scenarios call, with the names,
 arguments and answers the scenarios check (see ``docs/conformance.md`` for the
-list, and ``conformance list --server``).
+list, and ``conformance list --server``), for both suite versions we run: 0.1.16
+(the handshake era) and 0.2.0-alpha.12 (adds the 2026-07-28 era: input-required
+results with a sealed ``requestState``, a ``-32021`` capability check, an
+``x-mcp-header`` parameter). The tasks extension is not here: the SDK has none.
 
 Only anyio calls are used inside handlers (``anyio.sleep``), so the server runs
 unchanged on trio, whichever component serves it:
@@ -28,23 +31,43 @@ import base64
 import collections
 import json
 import logging
-from typing import Any
+import os
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, UserMessage
+from mcp.server.mcpserver.prompts.base import Message
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.request_state import RequestStateSecurity
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    INVALID_PARAMS,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
     AudioContent,
     CallToolResult,
+    ClientCapabilities,
     CompleteRequestParams,
     CompleteResult,
     Completion,
+    CreateMessageRequest,
+    CreateMessageRequestParams,
+    CreateMessageResult,
+    ElicitRequest,
+    ElicitRequestFormParams,
+    ElicitResult,
     EmbeddedResource,
     EmptyResult,
     ImageContent,
+    InputRequest,
+    InputRequiredResult,
+    InputResponse,
     JSONRPCMessage,
+    ListRootsRequest,
+    ListRootsResult,
+    MissingRequiredClientCapabilityErrorData,
+    SamplingCapability,
     SamplingMessage,
     SetLevelRequestParams,
     SubscribeRequestParams,
@@ -52,6 +75,7 @@ from mcp_types import (
     TextResourceContents,
     UnsubscribeRequestParams,
 )
+from pydantic import Field
 
 __all__ = [
     "RETRY_INTERVAL_MS",
@@ -223,6 +247,241 @@ def _json_schema_tool() -> Tool:
     return tool
 
 
+#: One ``requestState`` key for the whole process: our adapter builds a fixture per session (and
+#: one for the sessionless era), so a state sealed by one instance must open in another. The
+#: SDK's `RequestStateBoundary` seals what a handler returns and verifies every echo (a tampered
+#: state is a -32602 error before the handler runs), so handlers see only plaintext they minted.
+REQUEST_STATE_SECURITY = RequestStateSecurity(keys=[os.urandom(32)])
+
+
+# -- input-required results (SEP-2322, the 2026-07-28 multi-round-trip requests) ---------------
+
+
+def _ask(message: str, field: str, kind: str = "string") -> ElicitRequest:
+    schema = {"type": "object", "properties": {field: {"type": kind}}, "required": [field]}
+    return ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=schema))
+
+
+def _sample(text: str, max_tokens: int) -> CreateMessageRequest:
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=text))
+    return CreateMessageRequest(
+        params=CreateMessageRequestParams(messages=[message], max_tokens=max_tokens)
+    )
+
+
+def _responses(ctx: Context[Any, Any]) -> dict[str, InputResponse]:
+    return dict(ctx.input_responses or {})
+
+
+def _answered(response: InputResponse | None, field: str) -> str:
+    """What an elicitation response says for ``field`` (its action when not accepted)."""
+    if not isinstance(response, ElicitResult):
+        return "(no answer)"
+    if response.action != "accept":
+        return f"({response.action})"
+    return str((response.content or {}).get(field, ""))
+
+
+def _sampled(response: InputResponse | None) -> str:
+    if isinstance(response, CreateMessageResult) and isinstance(response.content, TextContent):
+        return response.content.text
+    return "(no sampling response)"
+
+
+def _roots(response: InputResponse | None) -> str:
+    if isinstance(response, ListRootsResult):
+        return ", ".join(str(root.uri) for root in response.roots) or "(no roots)"
+    return "(no roots response)"
+
+
+def _bad_state(state: str | None) -> MCPError:
+    return MCPError(code=INVALID_PARAMS, message=f"requestState missing or unexpected: {state!r}")
+
+
+def _missing_sampling() -> MCPError:
+    data = MissingRequiredClientCapabilityErrorData(
+        required_capabilities=ClientCapabilities(sampling=SamplingCapability())
+    )
+    return MCPError(
+        code=MISSING_REQUIRED_CLIENT_CAPABILITY,
+        message="This tool needs the client's sampling capability",
+        data=data.model_dump(by_alias=True, mode="json", exclude_none=True),
+    )
+
+
+def _add_input_required(mcp: MCPServer[Any]) -> None:
+    """Tools and a prompt answering with an `InputRequiredResult`, the scenarios' exact shapes."""
+
+    @mcp.tool(
+        description="Asks the user's name through an input-required result", structured_output=False
+    )
+    async def test_input_required_result_elicitation(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        responses = _responses(ctx)
+        if "user_name" not in responses:
+            ask = _ask("What is your name?", "name")
+            return InputRequiredResult(input_requests={"user_name": ask})
+        return _text(f"Hello, {_answered(responses['user_name'], 'name')}!")
+
+    @mcp.tool(
+        description="Samples the client's LLM through an input-required result",
+        structured_output=False,
+    )
+    async def test_input_required_result_sampling(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        responses = _responses(ctx)
+        if "capital_question" not in responses:
+            ask = _sample("What is the capital of France?", 100)
+            return InputRequiredResult(input_requests={"capital_question": ask})
+        return _text(f"LLM response: {_sampled(responses['capital_question'])}")
+
+    @mcp.tool(
+        description="Lists the client's roots through an input-required result",
+        structured_output=False,
+    )
+    async def test_input_required_result_list_roots(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        responses = _responses(ctx)
+        if "client_roots" not in responses:
+            return InputRequiredResult(input_requests={"client_roots": ListRootsRequest()})
+        return _text(f"Client roots: {_roots(responses['client_roots'])}")
+
+    @mcp.tool(
+        description="Round-trips an opaque requestState with an elicitation",
+        structured_output=False,
+    )
+    async def test_input_required_result_request_state(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        responses = _responses(ctx)
+        if "confirm" not in responses:
+            ask = _ask("Please confirm", "ok", "boolean")
+            return InputRequiredResult(input_requests={"confirm": ask}, request_state="confirm")
+        if ctx.request_state != "confirm":
+            raise _bad_state(ctx.request_state)
+        return _text(f"state-ok: confirmed={_answered(responses['confirm'], 'ok')}")
+
+    @mcp.tool(
+        description="Asks for an elicitation, a sampling and the roots at once",
+        structured_output=False,
+    )
+    async def test_input_required_result_multiple_inputs(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        responses = _responses(ctx)
+        wanted: dict[str, InputRequest] = {
+            "user_name": _ask("What is your name?", "name"),
+            "greeting": _sample("Generate a greeting", 50),
+            "client_roots": ListRootsRequest(),
+        }
+        missing = {key: ask for key, ask in wanted.items() if key not in responses}
+        if missing:
+            return InputRequiredResult(input_requests=missing, request_state="multiple-inputs")
+        if ctx.request_state != "multiple-inputs":
+            raise _bad_state(ctx.request_state)
+        return _text(
+            f"name={_answered(responses['user_name'], 'name')}; "
+            f"greeting={_sampled(responses['greeting'])}; "
+            f"roots={_roots(responses['client_roots'])}"
+        )
+
+    @mcp.tool(
+        description="Two rounds of elicitation with an evolving requestState",
+        structured_output=False,
+    )
+    async def test_input_required_result_multi_round(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        responses = _responses(ctx)
+        state = ctx.request_state
+        if state is None or not responses:
+            ask = _ask("Step 1: What is your name?", "name")
+            return InputRequiredResult(input_requests={"step1": ask}, request_state="round-1")
+        if state == "round-1" and "step1" in responses:
+            name = _answered(responses["step1"], "name")
+            ask = _ask("Step 2: What is your favorite color?", "color")
+            round_2 = json.dumps({"round": 2, "name": name})
+            return InputRequiredResult(input_requests={"step2": ask}, request_state=round_2)
+        try:
+            earlier = json.loads(state)
+        except ValueError:
+            raise _bad_state(state) from None
+        if not isinstance(earlier, dict) or earlier.get("round") != 2 or "step2" not in responses:
+            raise _bad_state(state)
+        color = _answered(responses["step2"], "color")
+        return _text(f"name={earlier.get('name')}; favorite color={color}")
+
+    @mcp.tool(description="Issues an integrity-protected requestState", structured_output=False)
+    async def test_input_required_result_tampered_state(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        # A tampered echo never gets here: the SDK's request-state boundary rejects it.
+        responses = _responses(ctx)
+        if ctx.request_state != "untampered" or "confirm" not in responses:
+            ask = _ask("Please confirm", "ok", "boolean")
+            return InputRequiredResult(input_requests={"confirm": ask}, request_state="untampered")
+        return _text("state-ok: the requestState verified")
+
+    @mcp.tool(
+        description="Asks only for input the client declared it can give", structured_output=False
+    )
+    async def test_input_required_result_capabilities(
+        ctx: Context[Any, Any],
+    ) -> CallToolResult | InputRequiredResult:
+        responses = _responses(ctx)
+        caps = ctx.client_capabilities or ClientCapabilities()
+        wanted: dict[str, InputRequest] = {}
+        if caps.sampling is not None:
+            wanted["greeting"] = _sample("Generate a greeting", 50)
+        if caps.elicitation is not None:
+            wanted["user_name"] = _ask("What is your name?", "name")
+        if caps.roots is not None:
+            wanted["client_roots"] = ListRootsRequest()
+        missing = {key: ask for key, ask in wanted.items() if key not in responses}
+        if missing:
+            return InputRequiredResult(input_requests=missing)
+        return _text(f"answered: {', '.join(sorted(wanted)) or '(nothing to ask)'}")
+
+    @mcp.prompt(description="A prompt that elicits its context first")
+    async def test_input_required_result_prompt(
+        ctx: Context[Any, Any],
+    ) -> list[Message] | InputRequiredResult:
+        responses = _responses(ctx)
+        if "user_context" not in responses:
+            ask = _ask("What context should the prompt use?", "context")
+            return InputRequiredResult(input_requests={"user_context": ask})
+        context = _answered(responses["user_context"], "context")
+        return [UserMessage(content=TextContent(type="text", text=f"Use this context: {context}"))]
+
+
+def _add_modern_diagnostics(mcp: MCPServer[Any]) -> None:
+    """The 2026-07-28 scenarios' diagnostic tools: a capability check and an x-mcp-header."""
+
+    @mcp.tool(
+        description="Needs the client's sampling capability: -32021 when it is not declared",
+        structured_output=False,
+    )
+    async def test_missing_capability(ctx: Context[Any, Any]) -> CallToolResult:
+        caps = ctx.client_capabilities
+        if caps is None or caps.sampling is None:
+            raise _missing_sampling()
+        return _text("The client declared sampling.")
+
+    @mcp.tool(
+        description="Echoes a region mirrored in the Mcp-Param-Region header (SEP-2243)",
+        structured_output=False,
+    )
+    def test_custom_headers(
+        region: Annotated[
+            str, Field(description="A region name", json_schema_extra={"x-mcp-header": "Region"})
+        ],
+    ) -> CallToolResult:
+        return _text(f"region={region}")
+
+
 def build_server() -> MCPServer[Any]:
     """Build a fresh conformance fixture server (one per served app)."""
     mcp: MCPServer[Any] = MCPServer(
@@ -231,7 +490,10 @@ def build_server() -> MCPServer[Any]:
         log_level="WARNING",
         instructions="Fixture server for the MCP conformance suite.",
         tools=[_json_schema_tool()],
+        request_state_security=REQUEST_STATE_SECURITY,
     )
+    _add_input_required(mcp)
+    _add_modern_diagnostics(mcp)
     subscriptions: set[str] = set()
 
     # -- tools ------------------------------------------------------------------
