@@ -1,22 +1,28 @@
 """Run the official MCP conformance suite (``@modelcontextprotocol/conformance``) against us.
 
-The suite is installed (pinned, with a pinned Node 22) by ``bash scripts/setup-conformance.sh``
-into ``.tools/conformance/``. Without that install the test is skipped, except under CI
-(``CI`` set), where a missing install is a failure.
+Two versions of the suite run, side by side (``bash scripts/setup-conformance.sh`` installs both,
+pinned, with a pinned Node 22, into ``.tools/conformance/``):
 
-For each *target*, a way of serving the fixture ``tests/conformance/server.py``, namely
-``supervisor`` (our adapter, ``supervisor.mcp.serve_http``) and ``sdk`` (the SDK's own session
-manager, kept as a reference), the test starts the target's runner as a subprocess on a free
-loopback port, runs the suite's active server scenarios against it (``conformance server
---url ...``), reads the per-scenario ``checks.json`` files, and asserts that every scenario
-passes, except those listed in ``tests/conformance/baseline.json``. A baseline entry that
-passes is stale and fails the test too (as the suite's own ``--expected-failures`` does), so
-the baseline stays honest.
+* **0.1.16**, the stable line (the handshake era): its *active* scenarios are asserted and its
+  *pending* ones printed for information;
+* **0.2.0-alpha.12**, the newest published (adds the sessionless 2026-07-28 era, input-required
+  results, the tasks extension, ...): every server scenario (``--suite all``, 65) is asserted.
 
-``baseline.json`` maps a scenario name to the reason it is expected to fail, either for every
-target (``"name": "reason"``) or for some (``"name": {"reason": "...", "targets": ["sdk"]}``).
+Without the install the test is skipped, except under CI (``CI`` set), where a missing install is
+a failure.
 
-The suite's *pending* scenarios are run too, for information only (printed, never asserted).
+For each suite version both *targets* serve the fixture ``tests/conformance/server.py``, each
+from its own runner subprocess on a free loopback port, at the same time: ``supervisor`` (our
+adapter, ``supervisor.mcp.serve_http``, the server under test) and ``sdk`` (the SDK's own
+session manager, the reference). The test reads the per-scenario ``checks.json`` files and
+asserts, for each target, that every scenario passes except those listed in the version's
+baseline (``baseline.json`` for 0.1.16, ``baseline-alpha.json`` for the alpha); a baseline entry
+that passes is stale and fails the test too (as the suite's own ``--expected-failures`` does).
+It also asserts the property the reference is kept for: every scenario the SDK's reference
+passes passes on ours.
+
+A baseline maps a scenario name to the reason it is expected to fail, either for every target
+(``"name": "reason"``) or for some (``"name": {"reason": "...", "targets": ["sdk"]}``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,16 +43,35 @@ import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE_DIR = ROOT / "tests" / "conformance"
-SUITE = ROOT / ".tools" / "conformance" / "bin" / "conformance"
-BASELINE = CONFORMANCE_DIR / "baseline.json"
+BIN = ROOT / ".tools" / "conformance" / "bin"
 
 SERVER_START_TIMEOUT = 30.0
-SUITE_TIMEOUT = 300.0  # a full run takes ~2 s here; this bounds a hung server
-MAX_SESSIONS = 100  # the suite opens ~35 sessions and never deletes them
+SUITE_TIMEOUT = 300.0  # a full run takes ~2 s (0.1.16) or ~10 s (alpha); this bounds a hung server
+MAX_SESSIONS = 100  # either suite opens fewer than 50 sessions and never deletes them
 
 URL_LINE = re.compile(r"^CONFORMANCE_SERVER_URL=(\S+)\s*$")
 RESULT_DIR = re.compile(r"^server-(?P<scenario>.+)-\d{4}-\d{2}-\d{2}T[\d-]+Z$")
 SUITE_HEADER = re.compile(r"Running (?P<suite>\w+) suite \((?P<count>\d+) scenarios\)")
+
+
+@dataclass(frozen=True)
+class SuiteVersion:
+    """One installed version of the suite: its launcher, what is asserted, its baseline."""
+
+    version: str
+    launcher: Path
+    baseline: Path
+    asserted: str  # the --suite whose scenarios are asserted
+    informative: tuple[str, ...] = ()  # further --suite runs, printed only
+
+
+STABLE = SuiteVersion(
+    "0.1.16", BIN / "conformance", CONFORMANCE_DIR / "baseline.json", "active", ("pending",)
+)
+ALPHA = SuiteVersion(
+    "0.2.0-alpha.12", BIN / "conformance-alpha", CONFORMANCE_DIR / "baseline-alpha.json", "all"
+)
+SUITES = [STABLE, ALPHA]
 
 
 @dataclass(frozen=True)
@@ -60,9 +86,9 @@ class Target:
         return [sys.executable, str(self.runner), "--port", "0", *self.args]
 
 
-# Our adapter (supervisor.mcp.serve_http: one supervised session actor per MCP session)
-# is the server under test; the SDK's own StreamableHTTPSessionManager serving the same
-# fixture is kept as a reference case (it takes ~2 s).
+# Our adapter (supervisor.mcp.serve_http: one supervised session actor per MCP session) is the
+# server under test; the SDK's own StreamableHTTPSessionManager serving the same fixture is the
+# reference.
 SUPERVISOR_TARGET = Target(
     "supervisor",
     CONFORMANCE_DIR / "run_supervised_server.py",
@@ -115,9 +141,22 @@ class SuiteRun:
         )
 
 
-def load_baseline(target: str) -> dict[str, str]:
-    """Scenario -> reason, for the entries of ``baseline.json`` that apply to ``target``."""
-    raw: dict[str, Any] = json.loads(BASELINE.read_text())
+@dataclass
+class TargetRun:
+    """What one target did under one suite version."""
+
+    target: Target
+    url: str = ""
+    asserted: SuiteRun | None = None
+    informative: list[SuiteRun] = field(default_factory=list)
+    server_exit: int | None = None
+    server_log: str = ""
+    seconds: float = 0.0
+
+
+def load_baseline(path: Path, target: str) -> dict[str, str]:
+    """Scenario -> reason, for the entries of the baseline file that apply to ``target``."""
+    raw: dict[str, Any] = json.loads(path.read_text())
     baseline: dict[str, str] = {}
     for scenario, entry in raw.items():
         if isinstance(entry, str):
@@ -127,17 +166,16 @@ def load_baseline(target: str) -> dict[str, str]:
             if targets is None or target in targets:
                 baseline[scenario] = str(entry.get("reason", ""))
         else:
-            raise ValueError(f"baseline.json: bad entry for {scenario!r}: {entry!r}")
+            raise ValueError(f"{path.name}: bad entry for {scenario!r}: {entry!r}")
     return baseline
 
 
-@pytest.fixture
-def conformance_suite() -> Path:
+def require_installed(launcher: Path) -> Path:
     """The installed suite's launcher; skips (or, under CI, fails) when it is not installed."""
-    if SUITE.is_file() and os.access(SUITE, os.X_OK):
-        return SUITE
+    if launcher.is_file() and os.access(launcher, os.X_OK):
+        return launcher
     message = (
-        f"MCP conformance suite not installed ({SUITE.relative_to(ROOT)} is missing): "
+        f"MCP conformance suite not installed ({launcher.relative_to(ROOT)} is missing): "
         "run `bash scripts/setup-conformance.sh`"
     )
     if os.environ.get("CI"):
@@ -207,23 +245,20 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-@pytest.mark.conformance
-@pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
-async def test_conformance_suite(target: Target, conformance_suite: Path, tmp_path: Path) -> None:
-    suite = conformance_suite
-    baseline = load_baseline(target.name)
-    server_log = tmp_path / "server.log"
+async def run_target(suite: SuiteVersion, launcher: Path, run: TargetRun, workdir: Path) -> None:
+    """Start ``run.target``'s runner, run the suite's scenarios against it, stop it (its PID)."""
+    start = time.monotonic()
+    server_log = workdir / "server.log"
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
-
     with server_log.open("wb") as log_file:
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(
                 partial(
                     trio.run_process,
-                    target.command(),
+                    run.target.command(),
                     stdout=subprocess.PIPE,
                     stderr=log_file,
                     check=False,
@@ -232,42 +267,95 @@ async def test_conformance_suite(target: Target, conformance_suite: Path, tmp_pa
                 )
             )
             assert process.stdout is not None
-            url = await read_server_url(process.stdout, server_log)
-            active = await run_suite(suite, url, "active", tmp_path / "active")
-            pending = await run_suite(suite, url, "pending", tmp_path / "pending")
-            server_exit = process.returncode
+            run.url = await read_server_url(process.stdout, server_log)
+            run.asserted = await run_suite(launcher, run.url, suite.asserted, workdir / "asserted")
+            for which in suite.informative:
+                run.informative.append(await run_suite(launcher, run.url, which, workdir / which))
+            run.server_exit = process.returncode
             nursery.cancel_scope.cancel()  # terminates the runner (SIGTERM, then SIGKILL)
+    run.server_log = tail(server_log)
+    run.seconds = time.monotonic() - start
 
-    print(f"\nconformance[{target.name}] {url}: {active.summary()}; {pending.summary()}")
-    for result in pending.results.values():
-        if not result.passed:
-            print("  pending (informative) " + result.describe_failures())
 
-    context = f"\n--- suite output (tail) ---\n{active.output[-3000:]}\n--- server log (tail) ---\n"
-    assert server_exit is None, (
-        f"server runner exited early ({server_exit})" + context + tail(server_log)
+def problems_of(suite: SuiteVersion, run: TargetRun) -> list[str]:
+    """What is wrong with one target's run, judged against the version's baseline."""
+    asserted = run.asserted
+    assert asserted is not None
+    baseline = load_baseline(suite.baseline, run.target.name)
+    name = f"[{suite.version} / {run.target.name}]"
+    context = (
+        f"\n--- {name} suite output (tail) ---\n{asserted.output[-3000:]}"
+        f"\n--- {name} server log (tail) ---\n{run.server_log}"
     )
-    assert active.results, "the suite produced no results" + context + tail(server_log)
-    if active.announced is not None:
-        assert len(active.results) == active.announced, (
-            f"suite announced {active.announced} scenarios but wrote {len(active.results)} results"
-        )
-
-    unexpected = [r for name, r in active.results.items() if not r.passed and name not in baseline]
-    stale = sorted(name for name, r in active.results.items() if r.passed and name in baseline)
+    if run.server_exit is not None:
+        return [f"{name} server runner exited early ({run.server_exit})" + context]
+    if not asserted.results:
+        return [f"{name} the suite produced no results" + context]
     problems: list[str] = []
+    if asserted.announced is not None and len(asserted.results) != asserted.announced:
+        problems.append(
+            f"{name} suite announced {asserted.announced} scenarios "
+            f"but wrote {len(asserted.results)} results"
+        )
+    unexpected = [
+        r for scenario, r in asserted.results.items() if not r.passed and scenario not in baseline
+    ]
+    stale = sorted(
+        scenario for scenario, r in asserted.results.items() if r.passed and scenario in baseline
+    )
     if unexpected:
         problems.append(
-            "scenarios failing (not in tests/conformance/baseline.json):\n"
+            f"{name} scenarios failing (not in {suite.baseline.name}):\n"
             + "\n".join("  " + r.describe_failures() for r in unexpected)
         )
     if stale:
         problems.append(
-            "stale baseline entries (these pass now; remove them from baseline.json): "
-            + ", ".join(stale)
+            f"{name} stale baseline entries (these pass now; remove them from "
+            f"{suite.baseline.name}): " + ", ".join(stale)
         )
-    assert not problems, "\n".join(problems) + context + tail(server_log)
-    if not baseline:
-        assert active.returncode == 0, (
-            f"suite exited {active.returncode} although every scenario passed" + context
+    if not baseline and not problems and asserted.returncode != 0:
+        problems.append(f"{name} suite exited {asserted.returncode} although all passed")
+    return [p + context for p in problems]
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize("suite", SUITES, ids=[s.version for s in SUITES])
+async def test_conformance_suite(suite: SuiteVersion, tmp_path: Path) -> None:
+    launcher = require_installed(suite.launcher)
+    runs = {target.name: TargetRun(target) for target in TARGETS}
+    async with trio.open_nursery() as nursery:
+        for target in TARGETS:
+            workdir = tmp_path / target.name
+            await trio.Path(workdir).mkdir()
+            nursery.start_soon(run_target, suite, launcher, runs[target.name], workdir)
+
+    for run in runs.values():
+        assert run.asserted is not None
+        extra = "".join(f"; {r.summary()}" for r in run.informative)
+        print(
+            f"\nconformance {suite.version} [{run.target.name}] {run.url}: "
+            f"{run.asserted.summary()}{extra} ({run.seconds:.1f} s)"
         )
+        for result in run.asserted.results.values():
+            if not result.passed:
+                print("  expected failure: " + result.describe_failures().splitlines()[0])
+        for informative in run.informative:
+            for result in informative.results.values():
+                if not result.passed:
+                    print(f"  {informative.suite} (informative) " + result.describe_failures())
+
+    problems = [p for run in runs.values() for p in problems_of(suite, run)]
+    assert not problems, "\n\n".join(problems)
+
+    # The reference's purpose: whatever the SDK's own stack passes, ours passes too.
+    ours, reference = runs["supervisor"].asserted, runs["sdk"].asserted
+    assert ours is not None and reference is not None
+    behind = sorted(
+        name
+        for name, result in reference.results.items()
+        if result.passed and not (name in ours.results and ours.results[name].passed)
+    )
+    assert not behind, (
+        f"{suite.version}: scenarios the SDK's reference passes but ours does not: "
+        + ", ".join(behind)
+    )
