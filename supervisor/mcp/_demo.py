@@ -1,9 +1,11 @@
-"""The built-in demo server: ``echo`` and a per-session ``counter``.
+"""The built-in demo server: ``echo``, a per-session ``counter``, and the state-handle tools.
 
 ``python -m supervisor serve`` serves it when no ``--app`` is given. ``counter`` keeps its count in
 the session's `McpSession.state`, a dict owned by the session actor: every session counts from 1,
-and the count ends with the session. In the stateless 2026-07-28 era there is no session, so
-``counter`` answers 1 every time.
+and the count ends with the session. A handshake-era client's protocol session is that session;
+a sessionless 2026-07-28 client calls ``open_session`` and passes the handle it returns as
+``counter``'s (and ``echo``'s) optional ``session`` argument. Without a handle a 2026-07-28
+request belongs to no session, so ``counter`` answers 1 every time.
 
 Built on the SDK's low-level ``Server`` (``MCPServer`` reconfigures the root logger when it is
 constructed, which a library should not do to its host process).
@@ -16,12 +18,14 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from ._handles import SESSION_TOOLS, call_session_tool, call_with_session, with_session_argument
 from ._session import current_session
 
 __all__ = ["create_demo_server"]
 
-_TOOLS = [
+_OWN_TOOLS = [
     types.Tool(
         name="echo",
         description="Return the text unchanged.",
@@ -33,7 +37,10 @@ _TOOLS = [
     ),
     types.Tool(
         name="counter",
-        description="How many times this session has called counter (1, 2, 3, ...).",
+        description=(
+            "How many times this session has called counter (1, 2, 3, ...). Without a "
+            "protocol session, pass the handle from open_session as 'session'."
+        ),
         input_schema={"type": "object", "properties": {}},
         output_schema={
             "type": "object",
@@ -42,6 +49,10 @@ _TOOLS = [
         },
     ),
 ]
+#: What a 2026-07-28 client sees: the handle tools, and a ``session`` argument on the others.
+#: A handshake-era client sees the tools without them (its protocol session is the session),
+#: though its calls may still open and pass handles.
+_MODERN_TOOLS = [*SESSION_TOOLS, *(with_session_argument(tool) for tool in _OWN_TOOLS)]
 
 
 def _text(text: str, *, error: bool = False) -> types.CallToolResult:
@@ -62,28 +73,43 @@ def count_call() -> int:
 async def _list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
-    return types.ListToolsResult(tools=list(_TOOLS))
+    modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+    return types.ListToolsResult(tools=list(_MODERN_TOOLS if modern else _OWN_TOOLS))
 
 
 async def _call_tool(
     ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
 ) -> types.CallToolResult:
-    arguments = params.arguments or {}
+    answer = await call_session_tool(params.name, params.arguments)
+    if answer is not None:
+        return answer
     if params.name == "echo":
-        text = arguments.get("text")
-        if not isinstance(text, str):
-            return _text("echo needs a string argument 'text'", error=True)
-        return _text(text)
+        return await call_with_session(params.arguments, _echo)
     if params.name == "counter":
-        count = count_call()
-        result = _text(str(count))
-        result.structured_content = {"count": count}
-        return result
+        return await call_with_session(params.arguments, _counter)
     return _text(f"unknown tool {params.name!r}", error=True)
 
 
+async def _echo(arguments: dict[str, Any]) -> types.CallToolResult:
+    text = arguments.get("text")
+    if not isinstance(text, str):
+        return _text("echo needs a string argument 'text'", error=True)
+    return _text(text)
+
+
+async def _counter(arguments: dict[str, Any]) -> types.CallToolResult:
+    count = count_call()
+    result = _text(str(count))
+    result.structured_content = {"count": count}
+    return result
+
+
 def create_demo_server(name: str = "supervisor-demo") -> Server[Any]:
-    """Build the demo server (tools ``echo(text)`` and ``counter()``).
+    """Build the demo server: ``echo(text)``, ``counter()``, ``open_session``, ``close_session``.
+
+    ``echo`` and ``counter`` take an optional ``session`` (a state handle from
+    ``open_session``). A 2026-07-28 client's ``tools/list`` shows the handle tools and the
+    ``session`` argument; a handshake-era client's shows ``echo`` and ``counter`` as before.
 
     One instance serves every session: the per-session state lives in the session
     (`current_session`), not in the server.
@@ -91,7 +117,10 @@ def create_demo_server(name: str = "supervisor-demo") -> Server[Any]:
     return Server(
         name,
         version="0.1.0",
-        instructions="trio-session-supervisor demo: echo(text) and a per-session counter().",
+        instructions=(
+            "trio-session-supervisor demo: echo(text) and a per-session counter(). "
+            "Sessionless clients: call open_session and pass its handle as 'session'."
+        ),
         on_list_tools=_list_tools,
         on_call_tool=_call_tool,
     )

@@ -76,7 +76,8 @@ DISCONNECTED = "client-disconnected"
 class McpSession:
     """The per-session handle a tool handler sees through `current_session`.
 
-    Created by the session actor when it starts; not for users to construct. ``state`` is a plain
+    Created by the session actor when it starts (a protocol session's or a state handle's);
+    not for users to construct. ``state`` is a plain
     dict owned by the session actor: it lives exactly as long as the session and no other session
     can see it, so it is the place for per-session tool state (the demo's ``counter``).
 
@@ -101,10 +102,13 @@ def current_session() -> McpSession:
     """Return the `McpSession` serving the current MCP request.
 
     Call it from a tool, resource or prompt handler (or anything they call in the same task).
+    In a session tool called with a state handle (``session`` argument; see
+    `supervisor.mcp.session_tool`) it is the handle's session, in either era; otherwise the
+    protocol session's.
 
     Raises:
         LookupError: Not inside a supervised MCP session, e.g. a request of the stateless
-            2026-07-28 era over HTTP (it belongs to no session).
+            2026-07-28 era over HTTP without a handle (it belongs to no session).
     """
     try:
         return _CURRENT.get()
