@@ -39,6 +39,7 @@ from supervisor.mcp import (
     create_demo_server,
     current_session,
     open_in_process_streams,
+    run_in_session,
     serving_stateless,
     session_tool,
     state_handles,
@@ -533,3 +534,37 @@ def test_session_tool_refuses_a_function_with_its_own_session_parameter() -> Non
 
     with pytest.raises(TypeError, match="session"):
         session_tool(tool)
+
+
+async def test_a_body_that_uses_its_own_handle_runs_inline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        tool = types.Tool(name="nested", input_schema={"type": "object"})
+        return types.ListToolsResult(tools=[with_session_argument(tool)])
+
+    async def inner() -> int:
+        state = current_session().state
+        state["n"] = state.get("n", 0) + 1
+        return int(state["n"])
+
+    async def nested(arguments: dict[str, Any]) -> types.CallToolResult:
+        handle = current_session().id
+        first = await run_in_session(handle, inner)
+        second = await run_in_session(handle, inner)
+        return types.CallToolResult(content=[types.TextContent(text=f"{first},{second}")])
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        return await call_with_session(params.arguments, nested)
+
+    server = Server("nested", on_list_tools=list_tools, on_call_tool=call_tool)
+    add_session_tools(server)
+    async with connected(_http("auto"), server=server) as (_, client):
+        handle = await open_handle(client)
+        with trio.fail_after(60):
+            result = await client.call_tool("nested", {"session": handle})
+        assert result.content[0].text == "1,2"  # type: ignore[union-attr]

@@ -437,6 +437,9 @@ async def run_in_session(handle: str | None, fn: Callable[[], Awaitable[T]]) -> 
         return await fn()
     if not isinstance(handle, str) or not handle:
         raise HandleError("session-not-found", "the session argument must be a handle string")
+    inside = _CURRENT.get(None)
+    if inside is not None and inside.id == handle and inside.context.metadata.get(_MARK):
+        return await fn()  # already in this handle's actor: queueing behind itself would hang
     caller = _caller()
     return await state_handles(caller.supervisor).run(handle, fn, principal=caller.principal)
 
