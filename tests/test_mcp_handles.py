@@ -4,7 +4,8 @@ Every handle is a session of the core, so these tests check it through the super
 capacity, principal binding, deadlines) as much as through the tool results. Clients are the
 official ``mcp.Client`` in its default mode (2026-07-28 over HTTP: no protocol session at all)
 and ``mode="legacy"`` (a protocol session, which may still pass handles), over Streamable HTTP
-in memory (``httpx2.ASGITransport``) and in-process streams. Deadlines run on trio's MockClock.
+in memory (``httpx2.ASGITransport``), in-process streams, stdio on memory streams and
+WebSocket over in-memory ASGI. Deadlines run on trio's MockClock.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 import mcp_types as types
 import pytest
@@ -26,6 +28,8 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
+from mcp_types import jsonrpc_message_adapter
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from supervisor import EventKind, SessionState, Supervisor, Transport, open_supervisor
 from supervisor.mcp import (
@@ -40,6 +44,7 @@ from supervisor.mcp import (
     current_session,
     open_in_process_streams,
     run_in_session,
+    serve_stdio,
     serving_stateless,
     session_tool,
     state_handles,
@@ -48,6 +53,7 @@ from supervisor.mcp import (
 from supervisor.mcp._handles import open_session
 
 from ._mcp_helpers import wait_for
+from .test_mcp_websocket import websocket
 
 URL = "http://127.0.0.1:8000/mcp"
 TOKENS = {"token-alice": "alice", "token-bob": "bob"}
@@ -108,11 +114,82 @@ def _in_process(mode: str) -> Connect:
     return connect
 
 
+@asynccontextmanager
+async def stdio_streams(
+    sup: Supervisor, server: Any
+) -> AsyncIterator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]]:
+    """`serve_stdio` on memory streams: the client's end, newline-delimited JSON-RPC."""
+    to_server, server_in = trio.testing.memory_stream_one_way_pair()
+    server_out, from_server = trio.testing.memory_stream_one_way_pair()
+    to_client, client_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
+    client_write, outgoing = anyio.create_memory_object_stream[SessionMessage](64)
+
+    async def run() -> None:
+        await serve_stdio(server, supervisor=sup, stdin=server_in, stdout=server_out)
+        await server_out.aclose()
+
+    async def pump_in() -> None:
+        buffer = b""
+        async with to_client:
+            while chunk := await from_server.receive_some(65536):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    message = jsonrpc_message_adapter.validate_json(line, by_name=False)
+                    await to_client.send(SessionMessage(message))
+
+    async def pump_out() -> None:
+        async for item in outgoing:
+            data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+            await to_server.send_all(data + b"\n")
+        await to_server.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        nursery.start_soon(pump_in)
+        nursery.start_soon(pump_out)
+        yield client_read, client_write
+
+
+def _stdio(mode: str) -> Connect:
+    @asynccontextmanager
+    async def connect(
+        sup: Supervisor, app: McpHttpApp | None, server: Any, headers: Mapping[str, str]
+    ) -> AsyncIterator[Client]:
+        async with Client(stdio_streams(sup, server), mode=mode) as client:
+            yield client
+
+    return connect
+
+
+def _websocket(mode: str) -> Connect:
+    @asynccontextmanager
+    async def streams(
+        app: McpHttpApp,
+    ) -> AsyncIterator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]]:
+        async with websocket(app) as peer:
+            yield peer.read_stream, peer.write_stream
+
+    @asynccontextmanager
+    async def connect(
+        sup: Supervisor, app: McpHttpApp | None, server: Any, headers: Mapping[str, str]
+    ) -> AsyncIterator[Client]:
+        assert app is not None
+        async with Client(streams(app), mode=mode) as client:
+            yield client
+
+    return connect
+
+
 CLIENTS = {
     "http-default": _http("auto"),
     "http-legacy": _http("legacy"),
     "in-process-default": _in_process("auto"),
     "in-process-legacy": _in_process("legacy"),
+    "stdio-default": _stdio("auto"),
+    "stdio-legacy": _stdio("legacy"),
+    "websocket-default": _websocket("auto"),
+    "websocket-legacy": _websocket("legacy"),
 }
 HTTP_CLIENTS = {name: connect for name, connect in CLIENTS.items() if name.startswith("http")}
 
@@ -166,6 +243,18 @@ def handles_of(sup: Supervisor) -> list[str]:
 
 
 # -- counting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("connect", CLIENTS.values(), ids=CLIENTS.keys())
+async def test_each_client_speaks_the_era_its_mode_says(
+    connect: Connect, request: pytest.FixtureRequest
+) -> None:
+    async with connected(connect) as (_, client):
+        version = client.session.protocol_version
+    if request.node.callspec.id.endswith("-default"):
+        assert version == HANDLE_ERA
+    else:
+        assert version in HANDSHAKE_PROTOCOL_VERSIONS
 
 
 @pytest.mark.parametrize("connect", CLIENTS.values(), ids=CLIENTS.keys())
