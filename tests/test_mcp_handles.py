@@ -25,7 +25,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
@@ -657,3 +657,35 @@ async def test_a_body_that_uses_its_own_handle_runs_inline(
         with trio.fail_after(60):
             result = await client.call_tool("nested", {"session": handle})
         assert result.content[0].text == "1,2"  # type: ignore[union-attr]
+
+
+async def test_a_session_tool_with_the_sdk_context_reports_from_the_handles_actor() -> None:
+    server: MCPServer[Any] = MCPServer("context")
+
+    @server.tool()
+    @session_tool
+    async def slow(text: str, ctx: Context) -> str:
+        await ctx.report_progress(1, 2, "halfway")
+        return f"{current_session().id[:8]}:{text}"
+
+    add_session_tools(server)
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async with open_supervisor(max_sessions=4, mailbox_size=0) as sup:
+        app = McpHttpApp(sup, server)
+        transport = httpx2.ASGITransport(app=app)
+        async with (
+            httpx2.AsyncClient(transport=transport) as http,
+            Client(streamable_http_client(URL, http_client=http)) as client,
+        ):
+            [tool] = [t for t in (await client.list_tools()).tools if t.name == "slow"]
+            assert set(tool.input_schema["properties"]) == {"text", "session"}
+            handle = await open_handle(client)
+            result = await client.call_tool(
+                "slow", {"text": "hi", "session": handle}, progress_callback=on_progress
+            )
+            assert result.structured_content == {"result": f"{handle[:8]}:hi"}
+            assert progress == [(1, 2, "halfway")]
