@@ -669,10 +669,10 @@ async def test_a_session_tool_with_the_sdk_context_reports_from_the_handles_acto
         return f"{current_session().id[:8]}:{text}"
 
     add_session_tools(server)
-    progress: list[tuple[float, float | None, str | None]] = []
+    reported: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append((done, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append((progress, total, message))
 
     async with open_supervisor(max_sessions=4, mailbox_size=0) as sup:
         app = McpHttpApp(sup, server)
@@ -688,4 +688,4 @@ async def test_a_session_tool_with_the_sdk_context_reports_from_the_handles_acto
                 "slow", {"text": "hi", "session": handle}, progress_callback=on_progress
             )
             assert result.structured_content == {"result": f"{handle[:8]}:hi"}
-            assert progress == [(1, 2, "halfway")]
+            assert reported == [(1, 2, "halfway")]
