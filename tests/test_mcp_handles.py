@@ -689,3 +689,51 @@ async def test_a_session_tool_with_the_sdk_context_reports_from_the_handles_acto
             )
             assert result.structured_content == {"result": f"{handle[:8]}:hi"}
             assert reported == [(1, 2, "halfway")]
+
+
+async def test_a_cancelled_caller_cancels_its_body_and_the_handle_serves_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cancelled = trio.Event()
+
+    async def hang() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled.set()
+
+    async def one() -> int:
+        return 1
+
+    async with open_supervisor(max_sessions=4) as sup:
+        with serving_stateless(sup, None):
+            opened = await open_session()
+            assert opened.structured_content is not None
+            handle = opened.structured_content["session"]
+            with trio.move_on_after(5.0):
+                await run_in_session(handle, hang)
+            await cancelled.wait()
+            assert await run_in_session(handle, one) == 1
+            assert sup.get_session(handle).in_flight == 0
+
+
+async def test_max_lifetime_expires_a_busy_handle(autojump_clock: trio.testing.MockClock) -> None:
+    async with connected(_http("auto"), max_lifetime=100.0, idle_timeout=60.0) as (sup, client):
+        handle = await open_handle(client)
+        for _ in range(4):  # never idle (calls at 0, 30, 60, 90 s), but the lifetime ends
+            await count(client, handle)
+            await trio.sleep(30.0)
+        error = await error_of(client, "counter", {"session": handle})
+        assert error["error"] == "session-expired"
+        assert handle not in sup
+
+
+async def test_shutdown_closes_handles() -> None:
+    async with open_supervisor(max_sessions=4) as sup:
+        handles = state_handles(sup)
+        handle = handles.open(principal=None, transport=Transport.HTTP).id
+        async with sup.subscribe(session_id=handle) as events:
+            await sup.shutdown()
+            closed = await wait_for(events, EventKind.CLOSED, handle)
+        assert closed.reason == "shutdown"
+        assert handles.ended(handle, principal=None) == "session-closed"
