@@ -77,6 +77,8 @@ from mcp_types import (
 )
 from pydantic import Field
 
+from tests.conformance.tasks import TasksExtension
+
 __all__ = [
     "RETRY_INTERVAL_MS",
     "SERVER_NAME",
@@ -491,6 +493,7 @@ def build_server() -> MCPServer[Any]:
         instructions="Fixture server for the MCP conformance suite.",
         tools=[_json_schema_tool()],
         request_state_security=REQUEST_STATE_SECURITY,
+        extensions=[TasksExtension()],
     )
     _add_input_required(mcp)
     _add_modern_diagnostics(mcp)
