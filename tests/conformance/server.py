@@ -6,7 +6,8 @@ arguments and answers the scenarios check (see ``docs/conformance.md`` for the
 list, and ``conformance list --server``), for both suite versions we run: 0.1.16
 (the handshake era) and 0.2.0-alpha.12 (adds the 2026-07-28 era: input-required
 results with a sealed ``requestState``, a ``-32021`` capability check, an
-``x-mcp-header`` parameter). The tasks extension is not here: the SDK has none.
+``x-mcp-header`` parameter, and the tasks extension, built in ``tests/conformance/tasks.py``
+on the SDK's extension hook since the SDK implements none).
 
 Only anyio calls are used inside handlers (``anyio.sleep``), so the server runs
 unchanged on trio, whichever component serves it:
@@ -460,7 +461,8 @@ def _add_input_required(mcp: MCPServer[Any]) -> None:
 
 
 def _add_modern_diagnostics(mcp: MCPServer[Any]) -> None:
-    """The 2026-07-28 scenarios' diagnostic tools: a capability check and an x-mcp-header."""
+    """The 2026-07-28 scenarios' diagnostic tools: a capability check, list-change triggers
+    and an x-mcp-header parameter."""
 
     @mcp.tool(
         description="Needs the client's sampling capability: -32021 when it is not declared",
@@ -471,6 +473,22 @@ def _add_modern_diagnostics(mcp: MCPServer[Any]) -> None:
         if caps is None or caps.sampling is None:
             raise _missing_sampling()
         return _text("The client declared sampling.")
+
+    @mcp.tool(
+        description="Announces a change of the tool list on subscriptions/listen streams",
+        structured_output=False,
+    )
+    async def test_trigger_tool_change(ctx: Context[Any, Any]) -> CallToolResult:
+        await ctx.notify_tools_changed()
+        return _text("tools/list_changed sent")
+
+    @mcp.tool(
+        description="Announces a change of the prompt list on subscriptions/listen streams",
+        structured_output=False,
+    )
+    async def test_trigger_prompt_change(ctx: Context[Any, Any]) -> CallToolResult:
+        await ctx.notify_prompts_changed()
+        return _text("prompts/list_changed sent")
 
     @mcp.tool(
         description="Echoes a region mirrored in the Mcp-Param-Region header (SEP-2243)",
