@@ -171,16 +171,45 @@ def test_the_readme_example_runs(tmp_path: Path) -> None:
     assert "closed done" in result.stdout
 
 
+def test_the_readme_opens_with_make_demo_and_make_test() -> None:
+    first = re.search(r"```sh\n(.*?)```", README.read_text(), re.S)
+    assert first is not None
+    commands = [line.split("#")[0].strip() for line in first.group(1).splitlines()]
+    assert commands == ["make demo", "make test"]
+
+
+#: What the README's three "try it" snippets print, in order: the official client's default
+#: mode counting through a handle, its legacy mode counting in its protocol session, the idle
+#: client (checked separately: its line carries a session id).
+README_CLIENT_OUTPUTS = [
+    [
+        "['echo', 'counter', 'open_session', 'close_session']",
+        "{'count': 1}",
+        "{'count': 2}",
+        "{'count': 3}",
+    ],
+    ["{'count': 1}", "{'count': 2}", "{'count': 3}"],
+]
+
+
 def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
     """The README's "try it" snippets against ``serve`` on a free port instead of 8000, with the
-    idle timeout of ``make demo`` shortened: the official client's session ends closed, the idle
-    client's expires (``idle-timeout``), as the README says ``top`` shows.
+    idle timeout of ``make demo`` shortened: the default-mode client counts 1, 2, 3 through a
+    handle and closes it, the legacy-mode client counts 1, 2, 3 in its protocol session, which
+    ends closed, and the idle client's session expires (``idle-timeout``), as the README says
+    ``top`` and the stop summary show.
     """
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^DEMO_IDLE_TIMEOUT \?= 60$", makefile, re.M)
     assert "--idle-timeout $(DEMO_IDLE_TIMEOUT)" in makefile
-    assert "expires 60 seconds after its last request" in " ".join(README.read_text().split())
-    official, idle = re.findall(r"<<'PY'\n(.*?)\nPY\n", README.read_text(), re.S)
+    readme = README.read_text()
+    prose = " ".join(readme.split())
+    assert "expires 60 seconds after its last request" in prose
+    assert "try it with the official Python client in its default mode:" in prose
+    default, legacy, idle = re.findall(r"<<'PY'\n(.*?)\nPY\n", readme, re.S)
+    assert 'Client("http://127.0.0.1:8000/mcp")' in default  # the default mode, no mode=
+    assert '"open_session"' in default and '{"session": handle}' in default
+    assert 'mode="legacy"' in legacy
     server = subprocess.Popen(
         [
             sys.executable,
@@ -190,7 +219,7 @@ def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
             "--port",
             "0",
             "--idle-timeout",
-            "1",
+            "3",  # short for the idle client, long enough between one snippet's calls
             "--log-level",
             "info",
         ],
@@ -201,7 +230,7 @@ def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     # Bounds every blocking read below: a hung server is killed, its pipes close.
-    watchdog = threading.Timer(90, server.kill)
+    watchdog = threading.Timer(120, server.kill)
     watchdog.start()
     try:
         assert server.stdout is not None and server.stderr is not None
@@ -209,20 +238,16 @@ def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
         assert first.startswith("serving MCP on "), first
         url = first.split()[-1]
         outputs = []
-        for name, snippet in (("official.py", official), ("idle.py", idle)):
+        for name, snippet in (("default.py", default), ("legacy.py", legacy), ("idle.py", idle)):
             (tmp_path / name).write_text(snippet.replace("http://127.0.0.1:8000/mcp", url))
             result = subprocess.run(
                 [sys.executable, name], cwd=tmp_path, capture_output=True, text=True, timeout=60
             )
             assert result.returncode == 0, result.stderr
+            assert result.stderr == "", result.stderr  # as a user runs it: no warning, no error
             outputs.append(result.stdout.splitlines())
-        assert outputs[0] == [
-            "['echo', 'counter']",
-            "{'count': 1}",
-            "{'count': 2}",
-            "{'count': 3}",
-        ]
-        [line] = outputs[1]
+        assert outputs[:2] == README_CLIENT_OUTPUTS
+        [line] = outputs[2]
         left = re.fullmatch(r"left session (\S{8}) idle", line)
         assert left, line
         expired = f"session expired session={left[1]} "
@@ -242,4 +267,6 @@ def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
             server.kill()
             server.wait(timeout=10)
     assert server.returncode == 0
-    assert "supervisor stopped: 2 sessions created, 1 closed, 1 expired" in out
+    summary = "supervisor stopped: 3 sessions created, 2 closed, 1 expired"
+    assert summary in out
+    assert summary in prose

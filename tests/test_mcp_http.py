@@ -146,7 +146,12 @@ async def test_tools_and_counter_per_session() -> None:
             json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
             headers=session_headers(first),
         )
-        assert {tool["name"] for tool in result(listed)["tools"]} == {"echo", "counter"}
+        assert {tool["name"] for tool in result(listed)["tools"]} == {
+            "echo",
+            "counter",
+            "open_session",
+            "close_session",
+        }
         echoed = result(await call_tool(client, first, "echo", {"text": "hello"}))
         assert echoed["content"][0]["text"] == "hello"
         counts = [

@@ -69,7 +69,12 @@ async def test_official_client_over_streamable_http() -> None:
             async with Client(url, mode="legacy") as client:
                 assert client.protocol_version == "2025-11-25"
                 tools = await client.list_tools()
-                assert {tool.name for tool in tools.tools} == {"echo", "counter"}
+                assert {tool.name for tool in tools.tools} == {
+                    "echo",
+                    "counter",
+                    "open_session",
+                    "close_session",
+                }
                 echoed = await client.call_tool("echo", {"text": "over http"})
                 assert echoed.content[0].model_dump()["text"] == "over http"
                 assert [await counter(client) for _ in range(3)] == [1, 2, 3]
@@ -252,7 +257,12 @@ async def test_official_client_over_stdio_subprocess() -> None:
     )
     with trio.fail_after(TIMEOUT):
         async with Client(params, mode="legacy") as client:
-            assert {tool.name for tool in (await client.list_tools()).tools} == {"echo", "counter"}
+            assert {tool.name for tool in (await client.list_tools()).tools} == {
+                "echo",
+                "counter",
+                "open_session",
+                "close_session",
+            }
             assert [await counter(client) for _ in range(3)] == [1, 2, 3]
             echoed = await client.call_tool("echo", {"text": "over stdio"})
             assert echoed.content[0].model_dump()["text"] == "over stdio"

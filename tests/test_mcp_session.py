@@ -72,7 +72,12 @@ async def test_in_process_client_tools_and_counter() -> None:
     async with open_supervisor(max_sessions=4) as sup:
         async with open_in_process_client(sup, server) as client:
             tools = await client.list_tools()
-            assert {tool.name for tool in tools.tools} == {"echo", "counter"}
+            assert {tool.name for tool in tools.tools} == {
+                "echo",
+                "counter",
+                "open_session",
+                "close_session",
+            }
             assert text(await client.call_tool("echo", {"text": "hi"})) == "hi"
             assert [await counter(client) for _ in range(3)] == [1, 2, 3]
             [session] = sup.active_sessions()

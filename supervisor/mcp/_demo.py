@@ -18,7 +18,6 @@ from typing import Any
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ._handles import SESSION_TOOLS, call_session_tool, call_with_session, with_session_argument
 from ._session import current_session
@@ -49,10 +48,12 @@ _OWN_TOOLS = [
         },
     ),
 ]
-#: What a 2026-07-28 client sees: the handle tools, and a ``session`` argument on the others.
-#: A handshake-era client sees the tools without them (its protocol session is the session),
-#: though its calls may still open and pass handles.
-_MODERN_TOOLS = [*SESSION_TOOLS, *(with_session_argument(tool) for tool in _OWN_TOOLS)]
+#: What every client sees, of either era: ``echo`` and ``counter`` with the optional ``session``
+#: argument, then the handle tools. A handshake-era client needs no handle (its protocol session
+#: is the session) but may open and pass one, so the tools it may call are listed to it too (a
+#: client that checks calls against the listing, as the official Python client does, would
+#: otherwise refuse them).
+_TOOLS = [*(with_session_argument(tool) for tool in _OWN_TOOLS), *SESSION_TOOLS]
 
 
 def _text(text: str, *, error: bool = False) -> types.CallToolResult:
@@ -73,8 +74,7 @@ def count_call() -> int:
 async def _list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
-    modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-    return types.ListToolsResult(tools=list(_MODERN_TOOLS if modern else _OWN_TOOLS))
+    return types.ListToolsResult(tools=list(_TOOLS))
 
 
 async def _call_tool(
@@ -108,8 +108,8 @@ def create_demo_server(name: str = "supervisor-demo") -> Server[Any]:
     """Build the demo server: ``echo(text)``, ``counter()``, ``open_session``, ``close_session``.
 
     ``echo`` and ``counter`` take an optional ``session`` (a state handle from
-    ``open_session``). A 2026-07-28 client's ``tools/list`` shows the handle tools and the
-    ``session`` argument; a handshake-era client's shows ``echo`` and ``counter`` as before.
+    ``open_session``). Clients of both eras see the same four tools; a handshake-era client
+    that passes no ``session`` uses its protocol session.
 
     One instance serves every session: the per-session state lives in the session
     (`current_session`), not in the server.
