@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 PY_DIRS := $(wildcard supervisor tests examples bench scripts)
 
-.PHONY: setup demo serve top test test-fast soak soak-reduced lint typecheck format docs dist bench bench-quick conformance-setup clean
+.PHONY: setup demo serve top test test-fast soak soak-reduced lint typecheck format docs dist bench bench-quick conformance-setup clients-setup clean
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing trio-session-supervisor with all extras"
@@ -19,6 +19,11 @@ setup: $(STAMP)
 
 conformance-setup:
 	@if [ -x scripts/setup-conformance.sh ] || [ -f scripts/setup-conformance.sh ]; then bash scripts/setup-conformance.sh; fi
+
+## The independent MCP clients tests/test_mcp_clients.py runs (the official TypeScript client,
+## pinned in tests/clients/npm) into .tools/clients; a no-op when already installed
+clients-setup:
+	@bash scripts/setup-clients.sh
 
 ## The main job: the demo MCP server on http://127.0.0.1:8000/mcp, with a short idle timeout
 ## so `make top` shows sessions expiring (60 s after their last request; serve's default is 1800)
@@ -35,9 +40,10 @@ top: setup
 docs: setup
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
-## Every test (sets up Python packages and the Node-based conformance suite first), then the
-## reliability soak tests at reduced size (they are skipped in the plain pytest run)
-test: setup conformance-setup
+## Every test (sets up Python packages, the Node-based conformance suite and the independent
+## MCP clients first), then the reliability soak tests at reduced size (they are skipped in the
+## plain pytest run)
+test: setup conformance-setup clients-setup
 	$(PY) -m pytest -q
 	$(PY) scripts/soak.py --reduced
 
