@@ -160,11 +160,16 @@ async def test_timed_app_observes_posts_and_deletes_by_status(
             await http.get("/mcp")  # a GET is an event stream, not a call: not observed
         name = "supervisor_mcp_request_duration_seconds"
         # perf_counter is real time: the histogram's count is what the test can pin down.
-        assert value(metrics, f"{name}_count", method="POST", status="202") == 1
-        assert value(metrics, f"{name}_count", method="DELETE", status="404") == 1
-        assert value(metrics, f"{name}_count", method="GET", status="200") == 0
+        # Without MCP-Protocol-Version a request is of the handshake era.
+        era = "handshake"
+        assert value(metrics, f"{name}_count", method="POST", status="202", era=era) == 1
+        assert value(metrics, f"{name}_count", method="DELETE", status="404", era=era) == 1
+        assert value(metrics, f"{name}_count", method="GET", status="200", era=era) == 0
+        assert value(metrics, "supervisor_mcp_requests_total", era=era, handle="no") == 2
         text = metrics.exposition().decode()
-        assert re.search(rf'{name}_bucket{{le="\+Inf",method="POST",status="202"}} 1.0', text)
+        assert re.search(
+            rf'{name}_bucket{{era="handshake",le="\+Inf",method="POST",status="202"}} 1.0', text
+        )
 
 
 def test_the_admin_endpoint_does_not_need_prometheus_client() -> None:

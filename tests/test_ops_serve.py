@@ -114,6 +114,7 @@ async def test_serve_admin_metrics_logs_and_sigterm() -> None:
                 posts = sample(
                     metrics,
                     "supervisor_mcp_request_duration_seconds_count",
+                    era="handshake",
                     method="POST",
                     status="200",
                 )

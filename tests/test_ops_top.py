@@ -73,6 +73,8 @@ def test_render_shows_sessions_counts_totals_and_events() -> None:
             "principal": "alice",
             "transport": "http",
             "state": "ready",
+            "era": "2025-11-25",
+            "state_handle": False,
             "age": 65.0,
             "idle": 2.0,
             "expires_in": 1798.0,
@@ -104,8 +106,10 @@ def test_render_shows_sessions_counts_totals_and_events() -> None:
     text = text_of(model, now=110.0)  # ten seconds after the snapshot
     assert "supervisor top http://127.0.0.1:8001" in text
     assert "2/100 sessions" in text
-    assert re.search(r"AbCdEfGh\s+alice\s+http\s+ready\s+1m15s\s+12s\s+29m48s\s+0\s+12", text)
-    assert re.search(r"ZyXwVuTs\s+-\s+websocket\s+initializing\s+11s\s+busy\s+-\s+2\s+3", text)
+    assert re.search(
+        r"AbCdEfGh\s+alice\s+http\s+2025-11\s+ready\s+1m15s\s+12s\s+29m48s\s+0\s+12", text
+    )
+    assert re.search(r"ZyXwVuTs\s+-\s+websocket\s+-\s+initializing\s+11s\s+busy\s+-\s+2\s+3", text)
     assert re.search(r"ready\s+1\b", text) and re.search(r"initializing\s+1\b", text)
     assert re.search(r"websocket\s+1\b", text)
     for name, value in (("created", 5), ("expired", 1), ("failed", 1), ("rejected", 3)):
@@ -188,7 +192,7 @@ async def test_top_once_against_the_admin_endpoint() -> None:
             console = Console(file=StringIO(), width=120, record=True, color_system=None)
             assert await run_top(url, console=console, once=True) == 0
     text = console.export_text()
-    assert re.search(rf"{second.id[:8]}\s+-\s+http\s+ready", text)
+    assert re.search(rf"{second.id[:8]}\s+-\s+http\s+-\s+ready", text)  # era: none negotiated
     assert f"{first.id[:8]} in-process closed (bye)" in text  # recent events, seen late
     assert first.id not in text and second.id not in text
 

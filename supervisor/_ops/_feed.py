@@ -6,6 +6,12 @@ The admin endpoint streams these as newline-delimited JSON and ``top`` renders t
 --top`` feeds them to the same view in process. No full session id is ever put in a frame: an
 id is a bearer credential for its session; `short_id` (the core's `supervisor._ids.short_id`,
 re-exported) is the one helper that shortens them.
+
+Every row and event carries the session's protocol *era* (`session_era`) and whether it is a
+state handle: a handle (metadata ``{"era": "2026-07-28", "state_handle": True}``) is of the
+2026-07-28 era; any other session shows the protocol version its client negotiated, or
+``"handshake"`` before it has negotiated one. A snapshot's ``stats`` count live sessions by
+kind: ``{"handle": N, "protocol": M}`` (every session that is not a handle is ``protocol``).
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ from .._ids import ID_PREFIX as ID_PREFIX
 from .._ids import short_id as short_id
 
 if TYPE_CHECKING:
-    from .. import Session, SessionStatistics, Supervisor
+    from .. import Session, SessionSnapshot, SessionStatistics, Supervisor
 
 __all__ = [
+    "HANDSHAKE_ERA",
     "ID_PREFIX",
     "EventHistory",
     "Frame",
     "event_frame",
+    "is_state_handle",
     "run_feed",
+    "session_era",
     "short_id",
     "snapshot_frame",
     "stats_dict",
@@ -41,6 +50,32 @@ __all__ = [
 PRINCIPAL_WIDTH = 40
 
 Frame = dict[str, Any]
+
+#: The era of a session that has negotiated no protocol version (or is not an MCP session).
+HANDSHAKE_ERA = "handshake"
+
+#: Longest era shown (a protocol version is a date; anything longer is cut).
+ERA_WIDTH = 32
+
+#: The metadata key that marks a state handle (``supervisor.mcp``'s, read here as plain data).
+_HANDLE_MARK = "state_handle"
+
+
+def is_state_handle(session: Session | SessionSnapshot) -> bool:
+    """Whether ``session`` is a state handle (its metadata has ``"state_handle": True``)."""
+    return session.metadata.get(_HANDLE_MARK) is True
+
+
+def session_era(session: Session | SessionSnapshot) -> str:
+    """A handle's ``"era"`` metadata, else the negotiated protocol version, else ``"handshake"``."""
+    if is_state_handle(session):
+        era = session.metadata.get("era")
+        if isinstance(era, str) and era:
+            return era[:ERA_WIDTH]
+    version = session.protocol_version
+    if isinstance(version, str) and version:
+        return version[:ERA_WIDTH]
+    return HANDSHAKE_ERA
 
 
 def _principal(principal: str | None) -> str | None:
@@ -78,6 +113,8 @@ def _row(session: Session, now: float) -> dict[str, Any]:
         "principal": _principal(session.principal),
         "transport": session.transport.value,
         "state": session.state.value,
+        "era": session_era(session),
+        "state_handle": is_state_handle(session),
         "age": round(now - session.created, 3),
         "idle": 0.0 if busy else round(max(0.0, now - session.last_activity), 3),
         "expires_in": None if math.isinf(deadline) else round(deadline - now, 3),
@@ -91,16 +128,22 @@ def snapshot_frame(sup: Supervisor, *, limit: int = 200) -> Frame:
     """Counters and the ``limit`` newest live sessions. O(live sessions) to list them.
 
     Times in rows are seconds relative to now: ``age``, ``idle`` (0 while a call is in flight)
-    and ``expires_in`` (``None``: no deadline).
+    and ``expires_in`` (``None``: no deadline). ``stats["by_kind"]`` counts every live session
+    (handles and the rest), one more pass over them.
     """
     now = trio.current_time()
-    sessions: Iterable[Session] = reversed(sup.sessions())
+    live = sup.sessions()
+    sessions: Iterable[Session] = reversed(live)
     rows = [_row(s, now) for s in islice(sessions, limit)]
     stats = sup.statistics()
+    handles = sum(1 for s in live if is_state_handle(s))
     return {
         "type": "snapshot",
         "wall": time.time(),
-        "stats": stats_dict(stats),
+        "stats": {
+            **stats_dict(stats),
+            "by_kind": {"handle": handles, "protocol": len(live) - handles},
+        },
         "sessions": rows,
         "more": max(0, stats.total - len(rows)),
         "closing": sup.closing,
@@ -118,6 +161,8 @@ def event_frame(event: Event) -> Frame:
         "transport": snap.transport.value,
         "state": snap.state.value,
         "principal": _principal(snap.principal),
+        "era": session_era(snap),
+        "state_handle": is_state_handle(snap),
         "terminal": event.kind.is_terminal,
     }
     if event.reason is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from .. import EventKind, Lagged
 from .._ids import short_id
+from ._feed import is_state_handle, session_era
 
 if TYPE_CHECKING:
     from .. import Supervisor
@@ -106,7 +107,9 @@ async def log_events(sup: Supervisor, logger: logging.Logger = sessions_logger) 
 
     ``CREATED`` and terminal events at INFO (``FAILED`` at WARNING with the error), state changes
     at DEBUG; a subscriber that fell behind logs how many events it missed at WARNING. Does
-    nothing (and subscribes to nothing) when the logger would drop INFO records.
+    nothing (and subscribes to nothing) when the logger would drop INFO records. A state
+    handle's records carry ``state_handle=True`` and ``era``; every session's ``initialized``
+    record carries the ``era`` it negotiated (`session_era`).
     """
     if not logger.isEnabledFor(logging.INFO):
         return
@@ -128,6 +131,11 @@ async def log_events(sup: Supervisor, logger: logging.Logger = sessions_logger) 
             }
             if item.reason is not None:
                 extra["reason"] = item.reason
+            handle = is_state_handle(snap)
+            if handle:
+                extra["state_handle"] = True
+            if handle or item.kind is EventKind.INITIALIZED:  # an era known from the start, or now
+                extra["era"] = session_era(snap)
             if item.kind is EventKind.FAILED:
                 extra["error"] = f"{type(item.error).__name__}: {item.error}"[:200]
                 logger.warning("session failed", extra=extra)

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from ._feed import Frame
 
-__all__ = ["TopModel", "TopView", "format_duration", "render", "run_top"]
+__all__ = ["TopModel", "TopView", "era_cell", "format_duration", "render", "run_top"]
 
 _STATE_STYLE = {
     "created": "cyan",
@@ -42,6 +42,18 @@ _KIND_STYLE = {
 }
 _LIVE_STATES = ("created", "initializing", "ready", "closing")
 _TRANSPORTS = ("http", "websocket", "stdio", "in-process")
+
+
+def era_cell(row: dict[str, Any]) -> Text:
+    """The era column: ``handle`` for a state handle, else the negotiated protocol version as
+    ``YYYY-MM`` (``2025-11``; ``2026-07`` for a 2026-07-28 connection that is not a handle),
+    ``-`` before one is negotiated."""
+    if row.get("state_handle"):
+        return Text("handle", style="blue")
+    era = row.get("era")
+    if not isinstance(era, str) or era in ("", "handshake"):
+        return Text("-")
+    return Text(era[:7])
 
 
 def format_duration(seconds: float | None) -> str:
@@ -108,6 +120,8 @@ class TopModel:
                     "principal": frame.get("principal"),
                     "transport": frame.get("transport"),
                     "state": frame.get("state"),
+                    "era": frame.get("era"),
+                    "state_handle": bool(frame.get("state_handle")),
                     "age": -elapsed,
                     "idle": -elapsed,
                     "expires_in": None,
@@ -160,6 +174,10 @@ def render(
     by_transport = Table(title="by transport", title_justify="left", box=None, show_header=False)
     for transport in _TRANSPORTS:
         by_transport.add_row(transport, str(stats.get("by_transport", {}).get(transport, 0)))
+    by_kind = Table(title="by kind", title_justify="left", box=None, show_header=False)
+    kinds = stats.get("by_kind", {})
+    by_kind.add_row(Text("handles", style="blue"), str(kinds.get("handle", 0)))
+    by_kind.add_row("protocol", str(kinds.get("protocol", 0)))
     totals = Table(title="totals", title_justify="left", box=None, show_header=False)
     for name in ("created", "closed", "expired", "failed", "rejected"):
         style = "red" if name in ("failed", "rejected") and stats.get(name) else ""
@@ -170,7 +188,7 @@ def render(
     traffic.add_row("mailbox max", str(stats.get("mailbox_high_water", 0)))
     traffic.add_row("events dropped", str(stats.get("events_dropped", 0) + model.missed))
     summary = Table.grid(padding=(0, 4))
-    summary.add_row(by_state, by_transport, totals, traffic)
+    summary.add_row(by_state, by_transport, by_kind, totals, traffic)
 
     room = max(3, height - 12 - events)
     sessions = Table(
@@ -183,6 +201,7 @@ def render(
     sessions.add_column("id", no_wrap=True, min_width=8)
     sessions.add_column("principal", no_wrap=True, overflow="ellipsis", max_width=12)
     sessions.add_column("transport", no_wrap=True)
+    sessions.add_column("era", no_wrap=True)
     sessions.add_column("state", no_wrap=True)
     for name in ("age", "idle", "expires", "calls", "msgs"):
         sessions.add_column(name, justify="right", no_wrap=True)
@@ -194,6 +213,7 @@ def render(
             row.get("id", "?"),
             row.get("principal") or "-",
             row.get("transport", "?"),
+            era_cell(row),
             Text(state, style=_STATE_STYLE.get(state, "")),
             format_duration(float(row.get("age", 0)) + dt),
             "busy" if busy else format_duration(float(row.get("idle", 0)) + dt),
