@@ -306,6 +306,13 @@ def test_top_shows_the_era_column_and_the_kinds() -> None:
     assert re.search(r"Cc444444\s+-\s+stdio\s+2026-07\s+created", text), text
     assert re.search(r"handles\s+2\b", text) and re.search(r"protocol\s+1\b", text)
     assert "by kind" in text
+    # The negotiated version arrives with the `initialized` event, before the next snapshot.
+    initialized = {**created, "kind": "initialized", "state": "ready", "era": "2025-06-18"}
+    fresh = {**created, "session": "Ii555555", "transport": "http", "era": "handshake"}
+    model.apply({**fresh, "state": "created"}, now=0.0)
+    assert re.search(r"Ii555555\s+-\s+http\s+-\s+created", text_of(model, now=0.0))
+    model.apply({**initialized, "session": "Ii555555", "transport": "http"}, now=0.0)
+    assert re.search(r"Ii555555\s+-\s+\S+\s+2025-06\s+ready", text_of(model, now=0.0))
 
 
 def sample(text: str, name: str, **labels: str) -> float:

@@ -73,8 +73,9 @@ def add_top_command(commands: Any) -> None:
     top = commands.add_parser(
         "top",
         help="live view of a running server (reads its admin endpoint)",
-        description="Live view of a server started with --admin-port: sessions by state and "
-        "transport, live sessions, lifecycle events, totals. Redraws when events arrive.",
+        description="Live view of a server started with --admin-port: sessions by state, "
+        "transport and kind (state handles or protocol sessions), live sessions with their "
+        "protocol era, lifecycle events, totals. Redraws when events arrive.",
     )
     top.add_argument(
         "--url",

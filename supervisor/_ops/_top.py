@@ -131,6 +131,9 @@ class TopModel:
             )
         elif row is not None:
             row["state"] = frame.get("new_state", frame.get("state", row.get("state")))
+            if "era" in frame:  # the negotiated version comes with ``initialized``
+                row["era"] = frame["era"]
+                row["state_handle"] = bool(frame.get("state_handle"))
 
 
 def _event_line(wall: float, frame: Frame) -> Text:
