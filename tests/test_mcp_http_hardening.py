@@ -779,3 +779,84 @@ async def test_429s_do_not_flood_the_log(
                     nursery.start_soon(one, 100 + request_id)
         assert sorted(statuses) == [200] + [429] * 29
         assert len(caplog.records) <= 2, [r.getMessage() for r in caplog.records]
+
+
+# -- found by an independent adversarial pass ----------------------------------------------
+
+
+async def test_an_empty_last_event_id_is_a_plain_stream_that_does_not_pin_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    options = {"event_store": InMemoryEventStore()}
+    async with (
+        serving_app(app_options=options, idle_timeout=30.0) as (sup, app, client),
+        sup.subscribe() as events,
+    ):
+        session_id = await initialize(client)
+        wire = Wire("GET", get_headers(session_id, **{"last-event-id": ""}))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wire.run, app)
+            await trio.testing.wait_all_tasks_blocked()
+            assert wire.status == 200
+            assert sup.get_session(session_id).in_flight == 0
+            expired = await wait_for(events, EventKind.EXPIRED, session_id)
+            with trio.fail_after(1):
+                await wire.finished.wait()
+        assert expired.reason == "idle-timeout"
+        wire.assert_ended_cleanly()
+
+
+@pytest.mark.parametrize("method", ["DELETE", "GET", "POST"])
+async def test_requests_while_a_deadline_drains_get_404(
+    autojump_clock: trio.testing.MockClock, method: str
+) -> None:
+    async with serving_app(sleep_server(), max_lifetime=10.0, close_grace=5.0) as (
+        sup,
+        _app,
+        client,
+    ):
+        session_id = await initialize(client)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_tool, client, session_id, "sleep", {"seconds": 100.0})
+            await trio.sleep(10.5)  # the lifetime deadline fired; the long call drains
+            assert sup.get_session(session_id).close_reason == "max-lifetime"
+            if method == "POST":
+                late = await call_tool(client, session_id, "counter", {}, request_id=9)
+            else:
+                late = await client.request(method, "/mcp", headers=get_headers(session_id))
+            assert late.status_code == 404
+
+
+async def test_a_state_handle_is_not_an_mcp_session_id() -> None:
+    async with serving_app() as (sup, _app, client):
+        session_id = await initialize(client)
+        opened = await call_tool(client, session_id, "open_session", {})
+        handle = result(opened)["structuredContent"]["session"]
+        assert handle in sup
+        for method in ("GET", "DELETE"):
+            response = await client.request(method, "/mcp", headers=get_headers(handle))
+            assert response.status_code == 404
+        posted = await call_tool(client, handle, "counter", {})
+        assert posted.status_code == 404
+        assert handle in sup  # the handle itself is untouched
+
+
+async def test_verifier_returning_an_empty_principal_is_a_500_without_a_leak(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def empty(token: str) -> str:
+        return ""
+
+    async with serving_app(max_sessions=1, app_options={"token_verifier": empty}) as (
+        sup,
+        _app,
+        client,
+    ):
+        for _ in range(2):
+            with caplog.at_level(logging.ERROR, logger="supervisor.mcp"):
+                caplog.clear()
+                response = await client.post("/mcp", json=INIT, headers={**ACCEPT, **ALICE})
+            assert response.status_code == 500
+            assert response.json()["error"]["code"] == types.INTERNAL_ERROR
+            assert any("empty principal" in r.getMessage() for r in caplog.records)
+        assert sup.statistics().total == 0

@@ -28,10 +28,13 @@ ACCEPT = {"accept": "application/json, text/event-stream"}
 
 
 @asynccontextmanager
-async def http_server(**config: Any) -> AsyncIterator[tuple[Supervisor, str]]:
+async def http_server(
+    *, app_options: dict[str, Any] | None = None, **config: Any
+) -> AsyncIterator[tuple[Supervisor, str]]:
     config.setdefault("max_sessions", 8)
+    serve = partial(serve_http, port=0, **(app_options or {}))
     async with open_supervisor(**config) as sup, trio.open_nursery() as nursery:
-        url: str = await nursery.start(partial(serve_http, sup, create_demo_server(), port=0))
+        url: str = await nursery.start(partial(serve, sup, create_demo_server()))
         yield sup, url
         nursery.cancel_scope.cancel()
 
@@ -98,3 +101,29 @@ async def test_official_client_with_its_get_stream_idles_out() -> None:
                 assert expired.reason == "idle-timeout"
                 with pytest.raises(MCPError):
                     await counter(client)
+
+
+@pytest.mark.parametrize("json_response", [False, True])
+async def test_a_session_outlives_its_exchanges_on_the_wire(json_response: bool) -> None:
+    # hypercorn reports http.disconnect as soon as a response is complete: that is the normal
+    # end of an exchange, not a client that went away, and must not end a JSON-mode session.
+    async with (
+        http_server(app_options={"json_response": json_response}, idle_timeout=60.0) as (
+            sup,
+            url,
+        ),
+        httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as http,
+    ):
+        session_id = await open_session(http, url, initialized=True)
+        headers = {**ACCEPT, "mcp-session-id": session_id, "mcp-protocol-version": "2025-11-25"}
+        for expected in (1, 2, 3):
+            call = {
+                "jsonrpc": "2.0",
+                "id": 10 + expected,
+                "method": "tools/call",
+                "params": {"name": "counter", "arguments": {}},
+            }
+            answered = await http.post(url, json=call, headers=headers)
+            assert answered.status_code == 200, answered.text
+            assert f'"count":{expected}' in answered.text.replace(" ", "")
+        assert sup.get_session(session_id).close_reason is None

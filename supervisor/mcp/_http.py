@@ -53,6 +53,7 @@ from .. import (
     Transport,
 )
 from .._ids import short_id
+from ._handles import _MARK as _HANDLE_MARK
 from ._handles import serving_stateless
 from ._session import ServerSource, _Handshake, _serve_session, resolve_server
 
@@ -224,14 +225,18 @@ def _disconnect_after(gone: trio.Event) -> Receive:
     return receive
 
 
-async def _watch(receive: Receive, gone: trio.Event, cancel_scope: trio.CancelScope) -> None:
+async def _watch(
+    receive: Receive, exchange: _HttpExchange, gone: trio.Event, cancel_scope: trio.CancelScope
+) -> None:
     """Wait for the client to disconnect (the body has been read), then set ``gone`` and cancel.
 
     After the body, ``http.disconnect`` is the only message ASGI servers send; anything else
-    ends the watch (a loop over a receive that answers at once would never yield).
+    ends the watch (a loop over a receive that answers at once would never yield). A server
+    may report ``http.disconnect`` as soon as the response is complete (hypercorn does): that
+    is the exchange's normal end, not a client that went away, so it cancels nothing.
     """
     message = await receive()
-    if message["type"] == "http.disconnect":
+    if message["type"] == "http.disconnect" and not exchange.complete:
         gone.set()
         cancel_scope.cancel()
 
@@ -264,10 +269,15 @@ class _HttpExchange:
     error: Exception | None = None
     #: JSON responses only: set when the client disconnects before its response.
     gone: trio.Event | None = None
+    #: The whole response has been handed to the server.
+    complete: bool = False
 
     async def tracking_send(self, message: ASGIMessage) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start":
             self.status = int(message["status"])
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
         await self.send(message)
 
 
@@ -657,6 +667,9 @@ class McpHttpApp:
                 type(principal).__name__,
             )
             raise _VerifierFailed
+        if not principal:
+            logger.error("the token verifier returned an empty principal: answered 500")
+            raise _VerifierFailed
         return True, str.__str__(principal)
 
     def _www_authenticate(self) -> tuple[str, str]:
@@ -671,10 +684,10 @@ class McpHttpApp:
             session = self.supervisor.get_session(session_id)
         except SessionNotFound:
             return None
-        if session.transport is not Transport.HTTP:
-            return None
-        if session.state not in LIVE_STATES:
-            return None
+        if session.transport is not Transport.HTTP or session.metadata.get(_HANDLE_MARK):
+            return None  # a WebSocket session or a state handle: not an Mcp-Session-Id
+        if session.state not in LIVE_STATES or session.close_reason is not None:
+            return None  # ending (closed, or a deadline fired and it drains): 404 as after
         if session.principal != principal:
             logger.warning("request for session %s... from another principal", short_id(session_id))
             return None
@@ -737,14 +750,16 @@ class McpHttpApp:
                 self.supervisor.close_session(session_id, reason=DELETED)
                 await _respond(send, 200)
             else:
-                if self.event_store is None and _header(scope, b"last-event-id") is not None:
-                    # Nothing to resume from: serve a fresh stream (the SDK transport would
-                    # answer nothing at all).
+                last_event_id = _header(scope, b"last-event-id")
+                resumes = bool(last_event_id) and self.event_store is not None
+                if last_event_id is not None and not resumes:
+                    # Nothing to resume from (no store, or an empty id): serve a fresh stream
+                    # (the SDK transport would answer nothing at all for the first).
                     scope = dict(scope)
                     scope["headers"] = [
                         (k, v) for k, v in scope.get("headers", ()) if k != b"last-event-id"
                     ]
-                standalone = _header(scope, b"last-event-id") is None
+                standalone = not resumes
                 exchange = _HttpExchange(scope, receive, send, standalone=standalone)
                 await self._exchange(session_id, exchange)
         else:
@@ -934,7 +949,7 @@ class McpHttpApp:
             if watch is not None and (gone := watch[1]) is not None:
                 receive = watch[0]
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch, receive, gone, nursery.cancel_scope)
+                    nursery.start_soon(_watch, receive, exchange, gone, nursery.cancel_scope)
                     await self._call(session_id, exchange)
                     nursery.cancel_scope.cancel()
             else:
@@ -1208,7 +1223,7 @@ async def _handle_json_request(
     try:
         await transport.handle_request(exchange.scope, exchange.receive, exchange.tracking_send)
     finally:
-        if gone.is_set() and exchange.body is not None:
+        if gone.is_set() and not exchange.complete and exchange.body is not None:
             request_id = _request_id(exchange.body)
             writer = transport._read_stream_writer
             if request_id is not None and writer is not None:
