@@ -12,7 +12,7 @@ from typing import final
 import attrs
 import trio
 
-from ._session import Session, SessionSnapshot
+from ._session import Session, SessionSnapshot, _short
 from ._state import SessionState
 
 __all__ = ["Event", "EventKind", "Lagged", "Subscription"]
@@ -59,7 +59,7 @@ class Event:
     """
 
     kind: EventKind
-    session_id: str
+    session_id: str = attrs.field(repr=lambda session_id: repr(_short(session_id)))
     session: SessionSnapshot
     at: float
     reason: str | None = None

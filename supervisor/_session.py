@@ -230,9 +230,12 @@ class Session:
 
 @attrs.frozen(kw_only=True)
 class SessionSnapshot:
-    """A frozen copy of a `Session` at one moment (what `Event.session` carries)."""
+    """A frozen copy of a `Session` at one moment (what `Event.session` carries).
 
-    id: str
+    Its repr shows the first 8 characters of the id only (full ids are credentials).
+    """
+
+    id: str = attrs.field(repr=lambda session_id: repr(_short(session_id)))
     state: SessionState
     transport: Transport
     principal: str | None

@@ -373,7 +373,7 @@ class Supervisor:
         if self._waiters:
             self._admit_waiters()
         elif self._used == 0 and self._closing:
-            self._all_ended.set()
+            self._ended_all()
 
     def _admit_waiters(self) -> None:
         while self._waiters and self._used < self._config.max_sessions:
@@ -1052,7 +1052,13 @@ class Supervisor:
             waiter.closed = True
             waiter.event.set()
         if self._used == 0:
-            self._all_ended.set()
+            self._ended_all()
+
+    def _ended_all(self) -> None:
+        """Shutting down and the last session has ended: nothing will be published any more,
+        so every subscription ends now (even if the shutdown that got here was cancelled)."""
+        self._all_ended.set()
+        self._bus.close()
 
     def _cancel_remaining(self) -> None:
         """A shutdown was cancelled: cancel every session still running, at once.

@@ -178,3 +178,32 @@ async def test_closing_a_subscription_stops_delivery() -> None:
         assert sup.statistics().subscribers == 0
         with pytest.raises(ValueError, match="buffer"):
             sup.subscribe(buffer=0)
+
+
+async def test_event_and_snapshot_reprs_show_8_characters_of_the_id() -> None:
+    async with open_supervisor() as sup, sup.subscribe() as events:
+        session = sup.create_session_nowait(idle_actor)
+        event = await events.__anext__()
+        for text in (repr(session.snapshot()), repr(event), str(event)):
+            assert session.id not in text
+            assert session.id[:9] not in text
+            assert session.id[:8] in text
+
+
+async def test_a_subscription_in_the_block_ends_once_a_cancelled_shutdown_has_ended_all(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def ignores_close(ctx: SessionContext[Any]) -> None:
+        await trio.sleep_forever()  # never reads its mailbox: cancelled in the end
+
+    async with open_supervisor(shutdown_grace=50) as sup, sup.subscribe() as events:
+        session = sup.create_session_nowait(ignores_close)
+        with trio.move_on_after(1):
+            await sup.shutdown()  # cancelled: what is left is cancelled at once
+        await trio.sleep(1)
+        assert len(sup) == 0
+        # No event can come any more, so the subscription ends (before the block is left).
+        with trio.fail_after(5):
+            items = [item async for item in events]
+        terminal = [e for e in events_only(items) if e.kind.is_terminal]
+        assert [e.session_id for e in terminal] == [session.id]
