@@ -280,7 +280,7 @@ async def test_event_ids_on_the_wire_do_not_carry_the_session_id(
 
 
 async def test_each_sessions_view_of_the_store_is_its_own() -> None:
-    from supervisor.mcp._http import _RELEASE, _SessionEventStore
+    from supervisor.mcp._http_session import _RELEASE, _SessionEventStore
 
     inner = InMemoryEventStore()
     mine, theirs = _SessionEventStore(inner), _SessionEventStore(inner)

@@ -81,6 +81,11 @@ State handles (sessions for sessionless 2026-07-28 clients; ``docs/mcp.md``, "St
 
 from __future__ import annotations
 
+from ._auth import Principal as Principal
+from ._auth import TokenVerifierFn as TokenVerifierFn
+from ._checks import DEFAULT_ALLOWED_HOSTS as DEFAULT_ALLOWED_HOSTS
+from ._checks import DEFAULT_ALLOWED_ORIGINS as DEFAULT_ALLOWED_ORIGINS
+from ._checks import DEFAULT_MAX_BODY_SIZE as DEFAULT_MAX_BODY_SIZE
 from ._demo import create_demo_server as create_demo_server
 from ._handles import DEFAULT_REMEMBER as DEFAULT_REMEMBER
 from ._handles import DEFAULT_REMEMBER_FOR as DEFAULT_REMEMBER_FOR
@@ -97,16 +102,11 @@ from ._handles import serving_stateless as serving_stateless
 from ._handles import session_tool as session_tool
 from ._handles import state_handles as state_handles
 from ._handles import with_session_argument as with_session_argument
-from ._http import DEFAULT_ALLOWED_HOSTS as DEFAULT_ALLOWED_HOSTS
-from ._http import DEFAULT_ALLOWED_ORIGINS as DEFAULT_ALLOWED_ORIGINS
-from ._http import DEFAULT_MAX_BODY_SIZE as DEFAULT_MAX_BODY_SIZE
 from ._http import McpHttpApp as McpHttpApp
-from ._http import Principal as Principal
-from ._http import TokenVerifierFn as TokenVerifierFn
-from ._http import serve_http as serve_http
 from ._memory import InProcessConnection as InProcessConnection
 from ._memory import open_in_process_client as open_in_process_client
 from ._memory import open_in_process_streams as open_in_process_streams
+from ._serving import serve_http as serve_http
 from ._session import McpSession as McpSession
 from ._session import ServerSource as ServerSource
 from ._session import current_session as current_session

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import trio
@@ -18,11 +18,12 @@ from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
 
 from .. import CapacityError, SupervisorClosed, Transport
-from ._session import DISCONNECTED, _guarded, _Handshake, _serve_session
+from ._asgi import ASGIMessage, Receive, Scope, Send
+from ._auth import Principal
+from ._session import DISCONNECTED, ServerSource, _guarded, _Handshake, _serve_session
 
 if TYPE_CHECKING:
-    from .. import SessionContext
-    from ._http import ASGIMessage, McpHttpApp, Receive, Scope, Send
+    from .. import SessionContext, Supervisor
 
 __all__ = ["SUBPROTOCOL", "serve_websocket_connection"]
 
@@ -30,6 +31,23 @@ logger = logging.getLogger("supervisor.mcp")
 
 #: The WebSocket subprotocol MCP clients offer.
 SUBPROTOCOL = "mcp"
+
+
+class _Front(Protocol):
+    """What a connection needs of the app that serves it (`McpHttpApp`, which imports this)."""
+
+    supervisor: Supervisor
+    server: ServerSource
+    websocket: bool
+    retry_after: int
+
+    def _path_ok(self, scope: Scope) -> bool: ...
+
+    def _origin_ok(self, scope: Scope) -> bool: ...
+
+    async def _authenticate(self, scope: Scope) -> tuple[bool, Principal | None]: ...
+
+    def _www_authenticate(self) -> tuple[str, str]: ...
 
 
 async def _deny(
@@ -45,7 +63,7 @@ async def _deny(
 
 
 async def serve_websocket_connection(
-    app: McpHttpApp, scope: Scope, receive: Receive, send: Send
+    app: _Front, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """Serve one WebSocket connection as one session of ``app.supervisor``.
 
@@ -113,7 +131,7 @@ _MAX_REASON = 123
 
 
 async def _run_connection(
-    ctx: SessionContext[Any], app: McpHttpApp, receive: Receive, send: Send
+    ctx: SessionContext[Any], app: _Front, receive: Receive, send: Send
 ) -> None:
     to_server, from_client = anyio.create_memory_object_stream[SessionMessage | Exception](16)
     to_client, from_server = anyio.create_memory_object_stream[SessionMessage](16)

@@ -1,0 +1,212 @@
+"""Request checks of the HTTP front end: Host/Origin, path, POST headers, bodies, JSON-RPC shapes.
+
+A check that refuses a request answers it with a JSON-RPC error body (see `_asgi._rpc_error`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+
+import trio
+from mcp_types import INVALID_REQUEST
+
+from ._asgi import ASGIMessage, Receive, Scope, Send, _header, _rpc_error
+
+__all__ = ["DEFAULT_ALLOWED_HOSTS", "DEFAULT_ALLOWED_ORIGINS", "DEFAULT_MAX_BODY_SIZE"]
+
+logger = logging.getLogger("supervisor.mcp")
+
+#: Host header values accepted by default: loopback names, any port.
+DEFAULT_ALLOWED_HOSTS: tuple[str, ...] = (
+    "127.0.0.1",
+    "127.0.0.1:*",
+    "localhost",
+    "localhost:*",
+    "[::1]",
+    "[::1]:*",
+)
+
+#: Origin header values accepted by default (a request without Origin is always accepted).
+DEFAULT_ALLOWED_ORIGINS: tuple[str, ...] = tuple(
+    f"{scheme}://{host}"
+    for scheme in ("http", "https")
+    for host in ("127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*")
+)
+
+#: Largest accepted request body (4 MiB, as the SDK).
+DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
+
+
+def _allowed(value: str, patterns: Iterable[str]) -> bool:
+    for pattern in patterns:
+        if pattern == "*" or pattern == value:
+            return True
+        if pattern.endswith(":*"):
+            base = pattern[:-1]
+            port = value[len(base) :]
+            if value.startswith(base) and port.isascii() and port.isdigit():
+                return True
+    return False
+
+
+def _path_ok(path: str | None, scope: Scope) -> bool:
+    """Whether the request is for ``path`` (``None``: any path), a trailing slash aside."""
+    if path is None:
+        return True
+    requested = str(scope.get("path", ""))
+    return requested == path or requested.rstrip("/") == path.rstrip("/")
+
+
+def _origin_ok(scope: Scope, allowed_hosts: Iterable[str], allowed_origins: Iterable[str]) -> bool:
+    """Whether Host and Origin (when sent) are allowed: DNS rebinding protection."""
+    host = _header(scope, b"host")
+    if host is not None and not _allowed(host, allowed_hosts):
+        logger.warning("refused request with Host %r", host[:100])
+        return False
+    origin = _header(scope, b"origin")
+    if origin is not None and not _allowed(origin, allowed_origins):
+        logger.warning("refused request with Origin %r", origin[:100])
+        return False
+    return True
+
+
+async def _post_headers_ok(scope: Scope, send: Send, *, json_response: bool) -> bool:
+    """Content-Type and Accept of a POST (answered here so every refusal is JSON-RPC)."""
+    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        await _rpc_error(
+            send,
+            415,
+            INVALID_REQUEST,
+            "Unsupported Media Type: Content-Type must be application/json",
+        )
+        return False
+    accept = [
+        part.split(";")[0].strip().lower() for part in (_header(scope, b"accept") or "").split(",")
+    ]
+    anything = "*/*" in accept
+    has_json = anything or "application/json" in accept or "application/*" in accept
+    has_sse = anything or "text/event-stream" in accept or "text/*" in accept
+    if not has_json or (not json_response and not has_sse):
+        await _rpc_error(
+            send,
+            406,
+            INVALID_REQUEST,
+            "Not Acceptable: Accept must list application/json and text/event-stream",
+        )
+        return False
+    return True
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """Read the whole request body; returns (body, disconnected)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), True
+        if message["type"] != "http.request":  # pragma: no cover - not in the ASGI spec
+            continue
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields ``body`` once, then defers to ``receive`` (disconnects)."""
+    sent = False
+
+    async def replay() -> ASGIMessage:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _disconnect_after(gone: trio.Event) -> Receive:
+    """A ``receive`` that returns ``http.disconnect`` once ``gone`` is set (see `_watch`)."""
+
+    async def receive() -> ASGIMessage:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _read_request_body(
+    scope: Scope, receive: Receive, send: Send, *, limit: int, within: float
+) -> bytes | None:
+    """The request body, or None when answered here (413, 408) or the client left."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        await _rpc_error(send, 413, INVALID_REQUEST, "Payload Too Large")
+        return None
+    body: bytes | None = None
+    disconnected = False
+    with trio.move_on_after(within):
+        try:
+            body, disconnected = await _read_body(receive, limit)
+        except _BodyTooLarge:
+            await _rpc_error(send, 413, INVALID_REQUEST, "Payload Too Large")
+            return None
+    if body is None:
+        logger.warning("request body not received within %s s", within)
+        await _rpc_error(send, 408, INVALID_REQUEST, "Request Timeout: body too slow")
+        return None
+    return None if disconnected else body
+
+
+def _is_initialized_notification(body: bytes) -> bool:
+    if b"notifications/initialized" not in body:
+        return False
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(decoded, dict)
+        and decoded.get("method") == "notifications/initialized"
+        and "id" not in decoded
+    )
+
+
+def _is_initialize(body: bytes) -> bool | None:
+    """True for an ``initialize`` request, False for other JSON, None for malformed JSON."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return (
+        isinstance(decoded, dict)
+        and decoded.get("method") == "initialize"
+        and "id" in decoded
+        and decoded.get("jsonrpc") == "2.0"
+    )
+
+
+def _request_id(body: bytes) -> str | int | None:
+    """The id of the JSON-RPC request in ``body`` (``None``: not a single request)."""
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(decoded, dict) or "method" not in decoded:
+        return None
+    request_id = decoded.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        return None
+    return request_id
