@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from .report import ORDER
+from .report import HANDLE_OPS, ORDER
 
 OURS, BARE, SEED, SDK = "#1f77b4", "#7f7f7f", "#d62728", "#ff7f0e"
 
@@ -164,6 +164,25 @@ def _http(http: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _handles(h: dict[str, Any], path: Path) -> None:
+    sizes = list(h["sizes"])
+    ops = [op for op in HANDLE_OPS if op in h["sizes"][sizes[0]]["summary"]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(sizes)
+    for i, n in enumerate(sizes):
+        ratios = [h["sizes"][n]["summary"][op]["ratio"] for op in ops]
+        xs = [j + (i - (len(sizes) - 1) / 2) * width for j in range(len(ops))]
+        ax.bar(xs, ratios, width, label=f"{int(n):,} live handles", alpha=0.85)
+    ax.axhline(1.0, color=BARE, lw=0.8)
+    ax.set_xticks(range(len(ops)), ops, rotation=20)
+    ax.set_ylabel("handle / plain core session")
+    ax.set_title("State handles relative to a plain core session (same process)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
     """Write every plot the results allow; returns the paths written."""
     from .run import CORE_TARGETS
@@ -183,6 +202,9 @@ def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
     if results.get("seed"):
         _seed(results["seed"], core, out / "seed.png")
         written.append(out / "seed.png")
+    if results.get("handles"):
+        _handles(results["handles"], out / "handles.png")
+        written.append(out / "handles.png")
     if results.get("http"):
         _http(results["http"], out / "http.png")
         written.append(out / "http.png")

@@ -165,6 +165,50 @@ def _seed(seed: dict[str, Any], core: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+HANDLE_OPS = {
+    "open": ("`StateHandles.open`, until the actor blocks", "`create_session_nowait(echo)`"),
+    "open_tool": ("the `open_session` tool (`call_session_tool`)", "`create_session_nowait(echo)`"),
+    "call": ("`call_with_session({'session': h}, body)`", "`await sup.call(sid, None)`"),
+    "close": ("`StateHandles.close`, until the actor ends", "`close_session(sid)`"),
+    "mass_expiry": ("all idle deadlines at once (MockClock)", "the same for plain sessions"),
+    "memory_rss": ("idle handle (RSS)", "idle plain session (RSS)"),
+    "memory_tracemalloc": ("idle handle (tracemalloc)", "idle plain session (tracemalloc)"),
+}
+
+
+def _handles(h: dict[str, Any]) -> list[str]:
+    sizes = list(h["sizes"])
+    head = "| operation | handle | baseline | " + " | ".join(
+        f"{int(n):,}: handle | {int(n):,}: session | {int(n):,}: ratio" for n in sizes
+    )
+    reps = ", ".join(
+        f"{int(n):,}: {h['sizes'][n]['reps']} x {h['sizes'][n]['batch']:,}" for n in sizes
+    )
+    lines = [
+        "## State handles: per handle, beside a plain core session (same process)",
+        "",
+        "N live handles and N live plain sessions (echo actor) in one supervisor; medians over "
+        f"repetitions (reps x batch: {reps}); ratio = handle / plain session (lower is better). "
+        "The call runs the path a tool call takes, without the wire, with a body returning a "
+        "prebuilt result.",
+        "",
+        head + " |",
+        "|---|---|---|" + "---|---|---|" * len(sizes),
+    ]
+    for op, (ours, base) in HANDLE_OPS.items():
+        if op not in h["sizes"][sizes[0]]["summary"]:
+            continue
+        cells = []
+        for n in sizes:
+            s = h["sizes"][n]["summary"][op]
+            cells.append(
+                f"{_fmt_value(op, s['ours'])} | {_fmt_value(op, s['base'])} | **{s['ratio']:.2f}x**"
+            )
+        lines.append(f"| {op} | {ours} | {base} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def _http(http: dict[str, Any]) -> list[str]:
     s = http["summary"]
     lines = [
@@ -212,11 +256,9 @@ def render(results: dict[str, Any]) -> str:
         )
         + ").",
         "",
-        "## Targets",
-        "",
-        "| target | value | |",
-        "|---|---|---|",
     ]
+    if results["targets"]:
+        lines += ["## Targets", "", "| target | value | |", "|---|---|---|"]
     for check in results["targets"]:
         value = check["value"]
         if "lateness" in check["target"]:
@@ -226,13 +268,16 @@ def render(results: dict[str, Any]) -> str:
         else:
             shown = f"{value:.2f}x"
         lines.append(f"| {check['target']} | {shown} | {'met' if check['met'] else '**missed**'} |")
-    lines.append("")
+    if results["targets"]:
+        lines.append("")
     if results.get("core"):
         lines += _core(results["core"])
     if results.get("expiry"):
         lines += _expiry(results["expiry"], results.get("seed"))
     if results.get("seed"):
         lines += _seed(results["seed"], results.get("core"))
+    if results.get("handles"):
+        lines += _handles(results["handles"])
     if results.get("http"):
         lines += _http(results["http"])
     return "\n".join(lines) + "\n"

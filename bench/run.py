@@ -1,8 +1,8 @@
 """Run every benchmark and write ``results.json``, ``results.md`` and PNG plots into ``--out``.
 
-``python -m bench [--quick] [--out docs/bench] [--skip seed,http]``
+``python -m bench [--quick] [--out docs/bench] [--skip seed,http | --only handles]``
 
-Each configuration runs in a fresh subprocess (`bench.core`, `bench.http`, ``node
+Each configuration runs in a fresh subprocess (`bench.core`, `bench.handles`, `bench.http`, ``node
 bench/seed/run.js``); subject and baseline run in the same process (core) or the same run (HTTP),
 interleaved, and every figure is a median over the repetitions. ``--quick`` uses tiny counts and
 only checks that everything works (its timings mean nothing).
@@ -56,6 +56,13 @@ def _profile(quick: bool) -> dict[str, Any]:
             "expiry": {"n": 300, "reps": 1},
             "seed": {"sizes": "1000", "reps": 2, "expiry_n": 300, "interval_ms": 300},
             "http": {"reps": 1, "sessions": 6, "calls": 12, "idle": 6, "mem_reps": 1, "limit": 30},
+            "handles": {
+                "sizes": [1000],
+                "ops": {1000: (2, 100)},
+                "mass": {1000: 1},
+                "memory_reps": {1000: 1},
+                "memory_methods": ["rss"],
+            },
         }
     return {
         "sizes": [1000, 10000, 100000],
@@ -73,6 +80,13 @@ def _profile(quick: bool) -> dict[str, Any]:
             "idle": 500,
             "mem_reps": 3,
             "limit": 90,
+        },
+        "handles": {
+            "sizes": [1000, 10000, 100000],
+            "ops": {1000: (15, 100), 10000: (11, 1000), 100000: (7, 1000)},
+            "mass": {1000: 7, 10000: 4, 100000: 2},
+            "memory_reps": {1000: 3, 10000: 2, 100000: 1},
+            "memory_methods": ["rss", "tracemalloc"],
         },
     }
 
@@ -107,9 +121,11 @@ def _versions() -> dict[str, str]:
             [node, "--version"], capture_output=True, text=True
         ).stdout.strip()
     with contextlib.suppress(OSError):
-        versions["git"] = subprocess.run(
+        rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
+        if rev:  # none when run from an exported tree
+            versions["git"] = rev
     return versions
 
 
@@ -235,6 +251,44 @@ def run_seed(prof: dict[str, Any]) -> dict[str, Any] | None:
     return result
 
 
+def run_handles(prof: dict[str, Any]) -> dict[str, Any]:
+    """State handles beside plain core sessions (`bench.handles`), per live-handle count."""
+    from .handles import summarize
+
+    h = prof["handles"]
+    out: dict[str, Any] = {"sizes": {}}
+    for n in h["sizes"]:
+        reps, batch = h["ops"][n]
+        t0 = time.perf_counter()
+        ops = _py("bench.handles", "ops", "--n", str(n), "--reps", str(reps), "--batch", str(batch))
+        mass = _py("bench.handles", "mass-expiry", "--n", str(n), "--reps", str(h["mass"][n]))
+        raw = {**ops["raw"], **mass["raw"]}
+        for method in h["memory_methods"]:
+            key = f"memory_{method}"
+            raw[key] = {"ours": [], "base": []}
+            for rep in range(h["memory_reps"][n] if method == "rss" else 1):
+                for kind in ("ours", "base") if rep % 2 == 0 else ("base", "ours"):
+                    r = _py(
+                        "bench.handles", "memory", "--n", str(n), "--kind", kind, "--method", method
+                    )
+                    raw[key][kind].append(r["bytes_per_session"])
+        out["sizes"][str(n)] = {
+            "n": n,
+            "reps": reps,
+            "batch": batch,
+            "mass_reps": h["mass"][n],
+            "raw": raw,
+            "summary": summarize(raw),
+        }
+        s = out["sizes"][str(n)]["summary"]
+        _log(
+            f"  handles n={n}: "
+            + ", ".join(f"{op} {v['ratio']:.2f}x" for op, v in s.items())
+            + f" ({time.perf_counter() - t0:.0f} s)"
+        )
+    return out
+
+
 def run_http_section(prof: dict[str, Any]) -> dict[str, Any]:
     from .http import run_http
 
@@ -307,16 +361,34 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 # -- entry point -------------------------------------------------------------------------------
 
 
+SECTIONS = ("core", "expiry", "seed", "handles", "http")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks it works")
     parser.add_argument("--out", default="docs/bench", help="output directory (default docs/bench)")
     parser.add_argument(
-        "--skip", default="", help="comma-separated sections to skip: core,expiry,seed,http"
+        "--skip",
+        default="",
+        help=f"comma-separated sections to skip: {','.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated sections to run, skipping the rest: {','.join(SECTIONS)}",
     )
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
+    only = {s for s in args.only.split(",") if s}
+    unknown = (skip | only) - set(SECTIONS)
+    if unknown:
+        parser.error(
+            f"unknown sections: {', '.join(sorted(unknown))} (known: {', '.join(SECTIONS)})"
+        )
+    if only:
+        skip |= set(SECTIONS) - only
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     prof = _profile(args.quick)
@@ -337,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         ("core", run_core),
         ("expiry", run_expiry),
         ("seed", run_seed),
+        ("handles", run_handles),
         ("http", run_http_section),
     ]
     for name, fn in sections:

@@ -55,9 +55,63 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert http["summary"][name]["ours"] > 0 and http["summary"][name]["sdk"] > 0, name
     assert not http["errors"]["ours"] and not http["errors"]["sdk"], http["errors"]
 
+    handles = results["handles"]["sizes"]["1000"]["summary"]
+    for op in ("open", "open_tool", "call", "close", "mass_expiry", "memory_rss"):
+        assert handles[op]["ours"] > 0 and handles[op]["base"] > 0, op
+        assert handles[op]["ratio"] == handles[op]["ours"] / handles[op]["base"], op
+
     assert results["targets"]
     markdown = (out / "results.md").read_text()
-    for heading in ("## Targets", "## Core", "## Expiry precision", "## End to end"):
+    for heading in (
+        "## Targets",
+        "## Core",
+        "## Expiry precision",
+        "## State handles",
+        "## End to end",
+    ):
         assert heading in markdown
-    for png in ("core_ratios.png", "core_growth.png", "fanout.png", "expiry.png", "http.png"):
+    pngs = (
+        "core_ratios.png",
+        "core_growth.png",
+        "fanout.png",
+        "expiry.png",
+        "handles.png",
+        "http.png",
+    )
+    for png in pngs:
         assert (out / png).stat().st_size > 1000, png
+
+
+@pytest.mark.slow
+def test_bench_only_runs_the_named_sections(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "handles", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert not {"core", "expiry", "seed", "http"} & results.keys()
+    assert results["meta"]["seconds_handles"] > 0
+    summary = results["handles"]["sizes"]["1000"]["summary"]
+    assert summary["call"]["ours"] > 0 and summary["call"]["base"] > 0
+    markdown = (out / "results.md").read_text()
+    assert "## State handles" in markdown and "## Core" not in markdown
+    assert (out / "handles.png").stat().st_size > 1000
+    assert not (out / "core_ratios.png").exists()
+
+
+def test_bench_refuses_an_unknown_section(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "handle", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "unknown sections: handle" in proc.stderr
+    assert not (tmp_path / "results.json").exists()
