@@ -773,32 +773,22 @@ async def _serve_session(
     writer = _ObservedWriteStream(write_stream, handshake)
     eof = False
     protocol_scope = trio.CancelScope()
+    loop = serve_loop if handshake_only else serve_dual_era_loop
     try:
         async with lowlevel.lifespan(lowlevel) as lifespan_state, trio.open_nursery() as nursery:
 
             async def protocol() -> None:
                 nonlocal eof
                 with protocol_scope:
-                    if handshake_only:
-                        await serve_loop(
-                            lowlevel,
-                            reader,
-                            writer,
-                            lifespan_state=lifespan_state,
-                            session_id=ctx.id,
-                            init_options=init_options,
-                            raise_exceptions=raise_exceptions,
-                        )
-                    else:
-                        await serve_dual_era_loop(
-                            lowlevel,
-                            reader,
-                            writer,
-                            lifespan_state=lifespan_state,
-                            session_id=ctx.id,
-                            init_options=init_options,
-                            raise_exceptions=raise_exceptions,
-                        )
+                    await loop(
+                        lowlevel,
+                        reader,
+                        writer,
+                        lifespan_state=lifespan_state,
+                        session_id=ctx.id,
+                        init_options=init_options,
+                        raise_exceptions=raise_exceptions,
+                    )
                     # The client went away (EOF): the session is over.
                     eof = True
                     nursery.cancel_scope.cancel()
