@@ -116,7 +116,7 @@ def _in_process(mode: str) -> Connect:
 
 @asynccontextmanager
 async def stdio_streams(
-    sup: Supervisor, server: Any
+    sup: Supervisor | None, server: Any
 ) -> AsyncIterator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]]:
     """`serve_stdio` on memory streams: the client's end, newline-delimited JSON-RPC."""
     to_server, server_in = trio.testing.memory_stream_one_way_pair()
@@ -737,3 +737,63 @@ async def test_shutdown_closes_handles() -> None:
             closed = await wait_for(events, EventKind.CLOSED, handle)
         assert closed.reason == "shutdown"
         assert handles.ended(handle, principal=None) == "session-closed"
+
+
+@pytest.mark.parametrize("value", [7, 1.5, {"a": 1}, ["x"], True, ""])
+async def test_a_session_that_is_not_a_handle_string_is_not_found_on_an_mcpserver(
+    value: Any,
+) -> None:
+    server = high_level_server()
+    async with connected(_http("auto"), server=server) as (_, client):
+        for name in ("tally", "close_session"):
+            error = await error_of(client, name, {"session": value})
+            assert error["error"] == "session-not-found"
+        error = await error_of(client, "close_session", {})
+        assert error["error"] == "session-not-found"
+
+
+async def test_open_session_while_shutting_down_gives_capacity_with_a_retry_hint() -> None:
+    async with open_supervisor() as sup:
+        await sup.shutdown()
+        with serving_stateless(sup, None):
+            result = await open_session()
+    assert result.is_error
+    assert result.structured_content is not None
+    assert result.structured_content["error"] == "capacity"
+    assert result.structured_content["retry_after"] > 0
+
+
+async def test_bodies_that_call_back_into_a_waiting_handle_run_inline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor() as sup:
+        seen: list[str] = []
+        with serving_stateless(sup, None):
+            a = state_handles(sup).open(principal=None, transport=Transport.IN_PROCESS).id
+            b = state_handles(sup).open(principal=None, transport=Transport.IN_PROCESS).id
+
+            async def leaf() -> str:
+                seen.append(current_session().id)
+                return "leaf"
+
+            async def in_b() -> str:
+                return await run_in_session(a, leaf)  # A's body waits on this call
+
+            async def in_a() -> str:
+                return await run_in_session(b, in_b)
+
+            with trio.fail_after(10):
+                assert await run_in_session(a, in_a) == "leaf"
+        assert seen == [a]  # the innermost call ran as A's session
+        assert sup.get_session(a).in_flight == 0
+        assert sup.get_session(b).in_flight == 0
+
+
+async def test_serve_stdio_with_its_own_supervisor_has_room_for_handles() -> None:
+    # Without supervisor=, serve_stdio opens one: it must hold the connection's session and
+    # the handles a 2026-07-28 client opens on it.
+    async with Client(stdio_streams(None, create_demo_server())) as client:
+        handle = await open_handle(client)
+        for expected in (1, 2, 3):
+            result = await client.call_tool("counter", {"session": handle})
+            assert result.structured_content == {"count": expected}

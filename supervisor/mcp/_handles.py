@@ -112,7 +112,12 @@ _EXPIRED_REASONS: Final = frozenset({"idle-timeout", "init-timeout", "max-lifeti
 #: The close reason `close_session` gives the core.
 CLOSED_BY_CLIENT: Final = "closed-by-client"
 
-_SessionArgument = Annotated[str | None, Field(description=SESSION_ARGUMENT_DESCRIPTION)]
+# Declared as a string, accepted as anything: a value that is not a handle string must get
+# the `session-not-found` tool error, not the SDK's argument validation error.
+_SessionArgument = Annotated[
+    Any, Field(description=SESSION_ARGUMENT_DESCRIPTION, json_schema_extra={"type": "string"})
+]
+_HandleArgument = Annotated[Any, Field(json_schema_extra={"type": "string"})]
 
 
 class HandleError(Exception):
@@ -216,7 +221,16 @@ def _caller() -> _Caller:
 @attrs.define(slots=True, eq=False)
 class _Work:
     fn: Callable[[], Awaitable[Any]]
+    #: The handles whose bodies are waiting on this call (outermost first), with their sessions.
+    waiting: tuple[McpSession, ...] = ()
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
+#: Inside a handle's body: that handle and the handles whose bodies wait on it. A body that
+#: calls one of them runs inline: queueing behind a body that waits on it would never end.
+_WAITING: contextvars.ContextVar[tuple[McpSession, ...]] = contextvars.ContextVar(
+    "supervisor_mcp_waiting_handles", default=()
+)
 
 
 @final
@@ -279,7 +293,9 @@ class StateHandles:
             ) from None
         except SupervisorClosed:
             raise HandleError(
-                "capacity", "the server is shutting down: retry elsewhere or later"
+                "capacity",
+                "the server is shutting down: retry elsewhere or later",
+                retry_after=1.0,
             ) from None
         logger.debug("state handle %s... opened", short_id(session.id))
         return session
@@ -321,7 +337,7 @@ class StateHandles:
             HandleError: as `resolve`, also when the handle ends before ``fn`` has run.
         """
         self.resolve(handle, principal=principal)
-        work = _Work(fn)
+        work = _Work(fn, _WAITING.get())
         try:
             answer: outcome.Outcome[T] = await self.supervisor.call(handle, work)
         except (SessionNotFound, SessionClosed):
@@ -376,6 +392,7 @@ class StateHandles:
                     message.fail(TypeError("a state handle takes only tool calls"))
                     continue
                 token = _CURRENT.set(session)
+                waiting = _WAITING.set((*work.waiting, session))
                 answer: outcome.Outcome[Any] = outcome.Error(
                     trio.TooSlowError("the call was cancelled")
                 )
@@ -385,6 +402,7 @@ class StateHandles:
                 except Exception as exc:
                     answer = outcome.Error(exc)
                 finally:
+                    _WAITING.reset(waiting)
                     _CURRENT.reset(token)
                 message.reply(answer)
         finally:
@@ -437,9 +455,15 @@ async def run_in_session(handle: str | None, fn: Callable[[], Awaitable[T]]) -> 
         return await fn()
     if not isinstance(handle, str) or not handle:
         raise HandleError("session-not-found", "the session argument must be a handle string")
-    inside = _CURRENT.get(None)
-    if inside is not None and inside.id == handle and inside.context.metadata.get(_MARK):
-        return await fn()  # already in this handle's actor: queueing behind itself would hang
+    for waiting in _WAITING.get():
+        if waiting.id == handle:
+            # This handle's body is waiting on the current call (or is the current call):
+            # queueing behind it would never end, so run here, as that handle's session.
+            token = _CURRENT.set(waiting)
+            try:
+                return await fn()
+            finally:
+                _CURRENT.reset(token)
     caller = _caller()
     return await state_handles(caller.supervisor).run(handle, fn, principal=caller.principal)
 
@@ -540,7 +564,7 @@ async def open_session() -> types.CallToolResult:
     )
 
 
-async def close_session(session: str) -> types.CallToolResult:
+async def close_session(session: _HandleArgument = None) -> types.CallToolResult:
     """The ``close_session`` tool: end the caller's handle ``session`` (structured echo)."""
     try:
         if not isinstance(session, str) or not session:
@@ -595,7 +619,7 @@ async def call_session_tool(
     if name == "open_session":
         return await open_session()
     if name == "close_session":
-        return await close_session((arguments or {}).get("session"))  # type: ignore[arg-type]
+        return await close_session((arguments or {}).get("session"))
     return None
 
 

@@ -22,6 +22,10 @@ __all__ = ["serve_stdio"]
 _MAX_LINE = 16 * 1024 * 1024
 
 
+#: Sessions of a supervisor `serve_stdio` opens itself: one connection plus its state handles.
+_DEFAULT_MAX_SESSIONS = 100
+
+
 async def serve_stdio(
     server: ServerSource,
     *,
@@ -44,15 +48,16 @@ async def serve_stdio(
     Args:
         server: The MCP server or a factory (see `ServerSource`).
         supervisor: Run the session in this supervisor. Without one, a supervisor is opened for
-            the call with ``max_sessions=1`` and the other keywords as its config (e.g.
-            ``idle_timeout=...``) and shut down when the session ends.
+            the call with ``max_sessions=100`` (the connection's session and the state handles
+            a 2026-07-28 client opens) and the other keywords as its config (e.g.
+            ``idle_timeout=...``), and shut down when the session ends.
         stdin: Read the client's messages from this trio stream instead of the process's stdin.
         stdout: Write to this trio stream instead of the process's stdout.
         principal: Bind the session to this principal.
         **config: `supervisor.SupervisorConfig` fields, only without ``supervisor``.
     """
     if supervisor is None:
-        config.setdefault("max_sessions", 1)
+        config.setdefault("max_sessions", _DEFAULT_MAX_SESSIONS)
         async with open_supervisor(**config) as sup:
             await _serve(sup, server, stdin, stdout, principal)
         return
