@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import anyio
 import httpx2
 import mcp_types as types
 import pytest
@@ -28,7 +27,6 @@ from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
-from mcp_types import jsonrpc_message_adapter
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from supervisor import EventKind, SessionState, Supervisor, Transport, open_supervisor
@@ -44,7 +42,6 @@ from supervisor.mcp import (
     current_session,
     open_in_process_streams,
     run_in_session,
-    serve_stdio,
     serving_stateless,
     session_tool,
     state_handles,
@@ -53,6 +50,7 @@ from supervisor.mcp import (
 from supervisor.mcp._handles import open_session
 
 from ._mcp_helpers import wait_for
+from .test_mcp_stdio import stdio_wire
 from .test_mcp_websocket import websocket
 
 URL = "http://127.0.0.1:8000/mcp"
@@ -119,36 +117,8 @@ async def stdio_streams(
     sup: Supervisor | None, server: Any
 ) -> AsyncIterator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]]:
     """`serve_stdio` on memory streams: the client's end, newline-delimited JSON-RPC."""
-    to_server, server_in = trio.testing.memory_stream_one_way_pair()
-    server_out, from_server = trio.testing.memory_stream_one_way_pair()
-    to_client, client_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
-    client_write, outgoing = anyio.create_memory_object_stream[SessionMessage](64)
-
-    async def run() -> None:
-        await serve_stdio(server, supervisor=sup, stdin=server_in, stdout=server_out)
-        await server_out.aclose()
-
-    async def pump_in() -> None:
-        buffer = b""
-        async with to_client:
-            while chunk := await from_server.receive_some(65536):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    message = jsonrpc_message_adapter.validate_json(line, by_name=False)
-                    await to_client.send(SessionMessage(message))
-
-    async def pump_out() -> None:
-        async for item in outgoing:
-            data = item.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
-            await to_server.send_all(data + b"\n")
-        await to_server.aclose()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
-        nursery.start_soon(pump_in)
-        nursery.start_soon(pump_out)
-        yield client_read, client_write
+    async with stdio_wire(sup, server) as wire:
+        yield wire.read_stream, wire.write_stream
 
 
 def _stdio(mode: str) -> Connect:

@@ -17,6 +17,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.session import ClientSession
 from mcp.shared.message import SessionMessage
 from mcp_types import jsonrpc_message_adapter
@@ -37,19 +38,31 @@ class StdioPeer:
     lines: list[bytes]
 
 
+@attrs.define
+class StdioWire:
+    """The client's end of `serve_stdio` on memory streams."""
+
+    read_stream: MemoryObjectReceiveStream[SessionMessage | Exception]
+    write_stream: MemoryObjectSendStream[SessionMessage]
+    #: serve_stdio has returned.
+    returned: trio.Event
+    #: Every line the server wrote, in order (each one checked to be a JSON-RPC message).
+    lines: list[bytes]
+
+
 @asynccontextmanager
-async def stdio_client(sup: Supervisor, server: ServerSource) -> AsyncIterator[StdioPeer]:
-    """serve_stdio on memory streams, with the official client on the other end."""
+async def stdio_wire(sup: Supervisor | None, server: ServerSource) -> AsyncIterator[StdioWire]:
+    """`serve_stdio` (in ``sup``, or its own supervisor) on memory streams, newline-delimited
+    JSON-RPC, with the client's end as a pair of message streams."""
     to_server, server_in = trio.testing.memory_stream_one_way_pair()
     server_out, from_server = trio.testing.memory_stream_one_way_pair()
     to_client, client_read = anyio.create_memory_object_stream[SessionMessage | Exception](64)
     client_write, outgoing = anyio.create_memory_object_stream[SessionMessage](64)
-    returned = trio.Event()
-    lines: list[bytes] = []
+    wire = StdioWire(client_read, client_write, trio.Event(), [])
 
     async def run() -> None:
         await serve_stdio(server, supervisor=sup, stdin=server_in, stdout=server_out)
-        returned.set()
+        wire.returned.set()
         await server_out.aclose()  # what the process's exit does to a real stdout
 
     async def pump_in() -> None:
@@ -59,7 +72,7 @@ async def stdio_client(sup: Supervisor, server: ServerSource) -> AsyncIterator[S
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
-                    lines.append(line)
+                    wire.lines.append(line)
                     message = jsonrpc_message_adapter.validate_json(line, by_name=False)
                     await to_client.send(SessionMessage(message))
         assert buffer == b"", "a partial line at the end of stdout"
@@ -74,9 +87,16 @@ async def stdio_client(sup: Supervisor, server: ServerSource) -> AsyncIterator[S
         nursery.start_soon(run)
         nursery.start_soon(pump_in)
         nursery.start_soon(pump_out)
-        async with ClientSession(client_read, client_write) as client:
-            yield StdioPeer(client, returned, lines)
-        await returned.wait()
+        yield wire
+
+
+@asynccontextmanager
+async def stdio_client(sup: Supervisor, server: ServerSource) -> AsyncIterator[StdioPeer]:
+    """serve_stdio on memory streams, with the official client on the other end."""
+    async with stdio_wire(sup, server) as wire:
+        async with ClientSession(wire.read_stream, wire.write_stream) as client:
+            yield StdioPeer(client, wire.returned, wire.lines)
+        await wire.returned.wait()
 
 
 @pytest.mark.parametrize("how", ["close_session", "shutdown", "max-lifetime"])
