@@ -2,19 +2,38 @@
 
 Two roles, each its own process:
 
-``python -m bench.http serve --kind ours|sdk``
-    Serve the demo MCP server (tools ``echo`` and ``counter``, `supervisor.mcp.create_demo_server`)
-    on 127.0.0.1 with hypercorn's trio worker: ``ours`` through `supervisor.mcp.serve_http` inside
-    `open_supervisor`, ``sdk`` through the official SDK's own ``StreamableHTTPSessionManager`` (the
-    same `Server` instance type, the same hypercorn config, DNS-rebinding protection on in both).
-    Prints ``URL=http://127.0.0.1:PORT/mcp`` once listening; serves until stdin closes.
-``python -m bench.http load --url URL --mode sessions|calls|open --count N``
-    The load generator (asyncio, raw HTTP/1.1 keep-alive sockets, loopback only, bounded in
-    count and time). ``sessions``: N x (initialize, notifications/initialized, tools/call echo,
-    DELETE). ``calls``: N tools/call echo spread over already open sessions. ``open``: open N
-    sessions and leave them idle (for the memory figure). Prints one JSON document.
+``python -m bench.http serve --kind KIND``
+    Serve the demo MCP server (tools ``echo``, ``counter``, ``open_session``, ``close_session``:
+    `supervisor.mcp.create_demo_server`) on 127.0.0.1 with hypercorn's trio worker, one config
+    for every kind (`_hypercorn_config`), one GC setting for every kind (`GC_THRESHOLD`). Kinds:
 
-`run_http` (used by `bench.run`) starts both servers and drives them alternately (A B A B).
+    * ``ours`` / ``ours-json``: `supervisor.mcp.serve_http` inside `open_supervisor`, SSE or
+      ``json_response=True`` (both eras: a 2026-07-28 request goes to its stateless path, a
+      ``session`` argument to a state handle);
+    * ``sdk`` / ``sdk-json``: the official SDK's ``StreamableHTTPSessionManager`` (SSE or
+      ``json_response=True``), DNS-rebinding protection on as in ours;
+    * ``sdk-stateless`` / ``sdk-stateless-json``: the same manager with ``stateless=True`` (a
+      2026-07-28 request goes to the SDK's single-exchange entry, ``handle_modern_request``);
+    * ``ceiling``: a bare ASGI app answering fixed JSON-RPC results (echoing the text argument),
+      as a one-event SSE response on ``/mcp`` and as JSON on ``/json``; no checks, no state.
+
+    Prints ``READY {json}`` (url, pid, GC thresholds) once listening. Reads commands from stdin,
+    one a line: ``profile-on``, ``profile-off PATH`` (cProfile of the trio thread, written to
+    PATH, answered ``PROFILED``); serves until stdin closes.
+``python -m bench.http load --url URL --mode MODE --count N``
+    The load generator (asyncio, raw HTTP/1.1 keep-alive sockets, 127.0.0.1 only, bounded in
+    count and time). Modes: ``sessions``: N x (initialize, notifications/initialized, tools/call
+    echo, DELETE). ``calls``: N tools/call echo spread over sessions opened first (not timed).
+    ``open``: open N sessions and leave them idle (the memory figure). ``modern``: N 2026-07-28
+    tools/call echo (``MCP-Protocol-Version: 2026-07-28``, no initialize, no session).
+    ``modern-handle``: each connection calls ``open_session`` once (not timed), then N in all
+    2026-07-28 tools/call ``counter`` with its handle as ``session`` (each answer's count checked:
+    1, 2, 3, ... per handle); the handles are closed afterwards (not timed). Prints one JSON
+    document.
+
+`run_http` (used by `bench.run`) starts every server, drives them in alternating order (A B C,
+C B A, ...), then profiles one calls run per server, then measures memory per idle session in
+fresh server processes.
 """
 
 from __future__ import annotations
@@ -23,11 +42,16 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager, suppress
+from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,18 +59,27 @@ from ._util import emit, median, percentile, rss_bytes
 
 HOST = "127.0.0.1"
 PROTOCOL_VERSION = "2025-11-25"
+MODERN_VERSION = "2026-07-28"
 IDLE = 3600.0
+#: The young-generation threshold every server kind runs with (what `serve_http` applies to ours
+#: by default; the bench applies it itself to every kind and tells `serve_http` to leave it).
+GC_THRESHOLD = 20_000
+KINDS = (
+    "ours",
+    "ours-json",
+    "sdk",
+    "sdk-json",
+    "sdk-stateless",
+    "sdk-stateless-json",
+    "ceiling",
+)
+MODES = ("sessions", "calls", "open", "modern", "modern-handle")
 
 # -- servers -----------------------------------------------------------------------------------
 
 
-async def _stdin_closed() -> None:
-    import trio
-
-    await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
-
-
 def _hypercorn_config(port: int) -> Any:
+    """What `serve_http` configures for ours (keep-alive 5 s, backlog 1024, no read timeout)."""
     from hypercorn.config import Config
 
     config = Config()
@@ -54,7 +87,38 @@ def _hypercorn_config(port: int) -> Any:
     config.accesslog = None
     config.errorlog = logging.getLogger("bench.http")
     config.graceful_timeout = 1.0
+    config.keep_alive_timeout = 5.0
+    config.backlog = 1024
+    config.read_timeout = None
     return config
+
+
+def _apply_gc() -> None:
+    import gc
+
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+async def _lifespan(receive: Receive, send: Send, enter: Any = None) -> None:
+    await receive()  # lifespan.startup
+    if enter is None:
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+    else:
+        async with enter:
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _not_found(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 404, "headers": []})
+    await send({"type": "http.response.body", "body": b"not found"})
 
 
 class _SdkApp:
@@ -64,24 +128,130 @@ class _SdkApp:
         self.manager = manager
         self.path = path
 
-    async def __call__(
-        self,
-        scope: MutableMapping[str, Any],
-        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
-        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await receive()  # lifespan.startup
-            async with self.manager.run():
-                await send({"type": "lifespan.startup.complete"})
-                await receive()  # lifespan.shutdown
-            await send({"type": "lifespan.shutdown.complete"})
+            await _lifespan(receive, send, self.manager.run())
         elif scope["type"] == "http" and scope["path"] == self.path:
             await self.manager.handle_request(scope, receive, send)
         elif scope["type"] == "http":
-            body = b"not found"
-            await send({"type": "http.response.start", "status": 404, "headers": []})
-            await send({"type": "http.response.body", "body": body})
+            await _not_found(send)
+
+
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_CEILING_INIT = {
+    "protocolVersion": PROTOCOL_VERSION,
+    "capabilities": {"tools": {"listChanged": False}},
+    "serverInfo": {"name": "ceiling", "version": "0"},
+}
+
+
+class _CeilingApp:
+    """The ceiling: fixed JSON-RPC results, no checks, no sessions kept, no protocol layer.
+
+    ``/mcp`` answers a handshake-era request as a one-event SSE response, ``/json`` as JSON; a
+    2026-07-28 request (no session) gets JSON on both, as the SDK's entry answers a call that
+    completes without notifications. initialize gets an ``Mcp-Session-Id``, a notification
+    202, DELETE 200; a tools/call result echoes ``arguments.text`` (so the load generator's
+    check holds), anything else gets an empty result.
+    """
+
+    def __init__(self) -> None:
+        self.sessions = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http" or scope["path"] not in ("/mcp", "/json"):
+            await _not_found(send)
+            return
+        method = scope["method"]
+        if method == "DELETE":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body)
+        if "id" not in request:
+            await send({"type": "http.response.start", "status": 202, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers: list[tuple[bytes, bytes]] = []
+        modern = False
+        for key, value in scope["headers"]:
+            if key == b"mcp-protocol-version":
+                modern = value == MODERN_VERSION.encode()
+        result: dict[str, Any]
+        if request["method"] == "initialize":
+            self.sessions += 1
+            headers.append((b"mcp-session-id", b"%032x" % self.sessions))
+            result = _CEILING_INIT
+        elif request["method"] == "tools/call":
+            text = (request.get("params") or {}).get("arguments", {}).get("text", "")
+            result = {"content": [{"type": "text", "text": text}], "isError": False}
+        else:
+            result = {}
+        data = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}).encode()
+        if modern or scope["path"] == "/json":
+            headers += [*_JSON_HEADERS, (b"content-length", str(len(data)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS + headers}
+        )
+        event = b"event: message\r\ndata: " + data + b"\r\n\r\n"
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _Control:
+    """Commands on stdin (profile on/off); its end is the server's end."""
+
+    def __init__(self) -> None:
+        import trio
+
+        self.stopping = trio.Event()
+        self.profiler: Any = None
+
+    def handle(self, line: str) -> None:
+        import cProfile
+
+        command, _, arg = line.strip().partition(" ")
+        if command == "profile-on":
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
+        elif command == "profile-off" and self.profiler is not None:
+            self.profiler.disable()
+            self.profiler.dump_stats(arg)
+            self.profiler = None
+            print("PROFILED", flush=True)
+
+    async def run(self) -> None:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def read() -> None:
+            for line in sys.stdin:
+                trio.from_thread.run_sync(self.handle, line, trio_token=token)
+
+        await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+        self.stopping.set()
+
+
+def _ready(url: str) -> None:
+    import gc
+
+    info = {"url": url, "pid": os.getpid(), "gc_threshold": gc.get_threshold()}
+    info["gc_frozen"] = gc.get_freeze_count()
+    print("READY " + json.dumps(info), flush=True)
 
 
 async def _serve(kind: str, port: int) -> None:
@@ -91,37 +261,44 @@ async def _serve(kind: str, port: int) -> None:
     from supervisor import open_supervisor
     from supervisor.mcp import create_demo_server, serve_http
 
+    _apply_gc()  # the same for every kind; serve_http is told to leave the collector alone
+    control = _Control()
     path = "/mcp"
-    async with trio.open_nursery() as nursery:
-        if kind == "ours":
-            async with open_supervisor(max_sessions=1_000_000, idle_timeout=IDLE) as sup:
-                url = await nursery.start(
-                    lambda task_status: serve_http(
-                        sup,
-                        create_demo_server(),
-                        host=HOST,
-                        port=port,
-                        path=path,
-                        shutdown_trigger=_stdin_closed,
-                        task_status=task_status,
-                    )
+    if kind.startswith("ours"):
+        async with (
+            open_supervisor(max_sessions=1_000_000, idle_timeout=IDLE) as sup,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(control.run)
+            url = await nursery.start(
+                partial(
+                    serve_http,
+                    sup,
+                    create_demo_server(),
+                    host=HOST,
+                    port=port,
+                    path=path,
+                    json_response=kind == "ours-json",
+                    gc_threshold=None,
                 )
-                print(f"URL={url}", flush=True)
-                await _stdin_closed()
-                nursery.cancel_scope.cancel()
-            return
-        # The same collector setting serve_http applies to ours (its default gc_threshold), so
-        # the comparison measures the servers, not the collector.
-        import gc
-
-        gc.set_threshold(20_000, *gc.get_threshold()[1:])
+            )
+            _ready(url)
+            await control.stopping.wait()
+            nursery.cancel_scope.cancel()
+        return
+    if kind == "ceiling":
+        app: Any = _CeilingApp()
+    else:
         from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
         from mcp.server.transport_security import TransportSecuritySettings
 
         loopback = ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
+        stateless = kind.startswith("sdk-stateless")
         manager = StreamableHTTPSessionManager(
             app=create_demo_server(),
-            session_idle_timeout=IDLE,
+            json_response=kind.endswith("-json"),
+            stateless=stateless,
+            session_idle_timeout=None if stateless else IDLE,
             max_sessions=None,
             security_settings=TransportSecuritySettings(
                 enable_dns_rebinding_protection=True,
@@ -130,15 +307,12 @@ async def _serve(kind: str, port: int) -> None:
             ),
         )
         app = _SdkApp(manager, path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(control.run)
         binds = await nursery.start(
-            lambda task_status: serve(
-                app,  # type: ignore[arg-type]
-                _hypercorn_config(port),
-                shutdown_trigger=_stdin_closed,
-                task_status=task_status,
-            )
+            partial(serve, app, _hypercorn_config(port), shutdown_trigger=control.stopping.wait)
         )
-        print(f"URL={binds[0]}{path}", flush=True)
+        _ready(f"{binds[0]}{path}")
 
 
 # -- load generator ----------------------------------------------------------------------------
@@ -167,7 +341,7 @@ class _Conn:
             self.writer = None
 
     async def request(
-        self, method: str, body: dict[str, Any] | None, session: str | None = None
+        self, method: str, body: dict[str, Any] | None, extra: Iterable[str] = ()
     ) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
             await self.open()
@@ -181,9 +355,7 @@ class _Conn:
         ]
         if body is not None:
             lines.append("Content-Type: application/json")
-        if session is not None:
-            lines.append(f"Mcp-Session-Id: {session}")
-            lines.append(f"MCP-Protocol-Version: {PROTOCOL_VERSION}")
+        lines.extend(extra)
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -214,6 +386,18 @@ class _Conn:
         return status, headers, data
 
 
+def _session_headers(session: str) -> list[str]:
+    return [f"Mcp-Session-Id: {session}", f"MCP-Protocol-Version: {PROTOCOL_VERSION}"]
+
+
+def _modern_headers(tool: str) -> list[str]:
+    return [
+        f"MCP-Protocol-Version: {MODERN_VERSION}",
+        "Mcp-Method: tools/call",
+        f"Mcp-Name: {tool}",
+    ]
+
+
 def _rpc(method: str, params: dict[str, Any] | None = None, id: int | None = 1) -> dict[str, Any]:
     msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
     if params is not None:
@@ -232,10 +416,22 @@ _INIT = _rpc(
     },
 )
 _INITIALIZED = _rpc("notifications/initialized", id=None)
+_ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "0"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+_COUNT = re.compile(rb'"count"\s*:\s*(\d+)')
+_HANDLE = re.compile(rb'"session"\s*:\s*"([^"]+)"')
 
 
 def _call(i: int) -> dict[str, Any]:
     return _rpc("tools/call", {"name": "echo", "arguments": {"text": f"hi{i}"}}, id=i + 2)
+
+
+def _modern_call(i: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    params = {"name": tool, "arguments": arguments, "_meta": _ENVELOPE}
+    return _rpc("tools/call", params, id=i + 2)
 
 
 async def _open_session(conn: _Conn) -> str:
@@ -243,20 +439,43 @@ async def _open_session(conn: _Conn) -> str:
     if status != 200 or "mcp-session-id" not in headers:
         raise HttpError(f"initialize: {status} {body[:200]!r}")
     session = headers["mcp-session-id"]
-    status, _, body = await conn.request("POST", _INITIALIZED, session)
+    status, _, body = await conn.request("POST", _INITIALIZED, _session_headers(session))
     if status != 202:
         raise HttpError(f"initialized: {status} {body[:200]!r}")
     return session
 
 
 async def _tool_call(conn: _Conn, session: str, i: int) -> None:
-    status, _, body = await conn.request("POST", _call(i), session)
+    status, _, body = await conn.request("POST", _call(i), _session_headers(session))
     if status != 200 or f'"hi{i}"'.encode() not in body:
         raise HttpError(f"tools/call: {status} {body[:200]!r}")
 
 
+async def _modern_echo(conn: _Conn, i: int) -> None:
+    msg = _modern_call(i, "echo", {"text": f"hi{i}"})
+    status, _, body = await conn.request("POST", msg, _modern_headers("echo"))
+    if status != 200 or f'"hi{i}"'.encode() not in body:
+        raise HttpError(f"2026 tools/call echo: {status} {body[:200]!r}")
+
+
+async def _modern_tool(conn: _Conn, i: int, tool: str, arguments: dict[str, Any]) -> bytes:
+    msg = _modern_call(i, tool, arguments)
+    status, _, body = await conn.request("POST", msg, _modern_headers(tool))
+    if status != 200 or b'"isError":true' in body.replace(b" ", b""):
+        raise HttpError(f"2026 tools/call {tool}: {status} {body[:200]!r}")
+    return body
+
+
+async def _open_handle(conn: _Conn) -> str:
+    body = await _modern_tool(conn, 0, "open_session", {})
+    found = _HANDLE.search(body)
+    if found is None:
+        raise HttpError(f"open_session: no handle in {body[:200]!r}")
+    return found.group(1).decode()
+
+
 async def _delete(conn: _Conn, session: str) -> None:
-    status, _, body = await conn.request("DELETE", None, session)
+    status, _, body = await conn.request("DELETE", None, _session_headers(session))
     if status not in (200, 204):
         raise HttpError(f"DELETE: {status} {body[:200]!r}")
 
@@ -288,13 +507,17 @@ async def _load(url: str, mode: str, count: int, concurrency: int, limit: float)
 
     async with _connections(url, concurrency) as conns:
         sessions: list[str] = []
+        handles: list[str] = []
+        counts = [0] * len(conns)
         if mode == "calls":
-            # Open the sessions first (not timed): a few per connection.
+            # Open the sessions first (not timed): two per connection.
             async def open_two(conn: _Conn) -> list[str]:
                 return [await _open_session(conn), await _open_session(conn)]
 
             for pair in await asyncio.gather(*(open_two(c) for c in conns)):
                 sessions.extend(pair)
+        elif mode == "modern-handle":  # one handle per connection (not timed)
+            handles = list(await asyncio.gather(*(_open_handle(c) for c in conns)))
 
         async def worker(w: int, conn: _Conn) -> None:
             while (i := take()) is not None:
@@ -306,6 +529,14 @@ async def _load(url: str, mode: str, count: int, concurrency: int, limit: float)
                         await _delete(conn, session)
                     elif mode == "calls":
                         await _tool_call(conn, sessions[(w * 2 + i) % len(sessions)], i)
+                    elif mode == "modern":
+                        await _modern_echo(conn, i)
+                    elif mode == "modern-handle":
+                        body = await _modern_tool(conn, i, "counter", {"session": handles[w]})
+                        counts[w] += 1
+                        found = _COUNT.search(body)
+                        if found is None or int(found.group(1)) != counts[w]:
+                            raise HttpError(f"counter: expected {counts[w]}: {body[:200]!r}")
                     else:
                         sessions.append(await _open_session(conn))
                 except (HttpError, OSError, asyncio.IncompleteReadError) as exc:
@@ -321,6 +552,8 @@ async def _load(url: str, mode: str, count: int, concurrency: int, limit: float)
         if mode == "calls":
             for j, session in enumerate(sessions):
                 await _delete(conns[j % len(conns)], session)
+        for j, handle in enumerate(handles):
+            await _modern_tool(conns[j], 1, "close_session", {"session": handle})
     done = len(latencies) - len(errors)
     return {
         "mode": mode,
@@ -344,58 +577,280 @@ class Server:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.info: dict[str, Any] = {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.http", "serve", "--kind", kind],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
+
+    def wait_ready(self) -> Server:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
-        if not line.startswith("URL="):
+        if not line.startswith("READY "):
             self.stop()
-            raise RuntimeError(f"{kind} server did not start: {line!r}")
-        self.url = line[4:]
+            raise RuntimeError(f"{self.kind} server did not start: {line!r}")
+        self.info = json.loads(line.removeprefix("READY "))
+        return self
+
+    @property
+    def url(self) -> str:
+        url: str = self.info["url"]
+        return url
 
     def rss(self) -> int:
         return rss_bytes(self.proc.pid)
 
+    def command(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def profile(self, path: Path, run: Callable[[], Any]) -> Any:
+        """``run()`` with the server under cProfile; the stats go to ``path``."""
+        self.command("profile-on")
+        try:
+            return run()
+        finally:
+            self.command(f"profile-off {path}")
+            assert self.proc.stdout is not None
+            answer = self.proc.stdout.readline().strip()
+            if answer != "PROFILED":
+                raise RuntimeError(f"{self.kind} server: no profile written ({answer!r})")
+
     def stop(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with suppress(BrokenPipeError):
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.proc.kill()  # by its PID
             self.proc.wait()
 
 
+def start_servers(kinds: Iterable[str]) -> dict[str, Server]:
+    """Start the servers in parallel (their imports overlap), then wait for each to listen."""
+    servers: dict[str, Server] = {}
+    try:
+        for kind in kinds:
+            servers[kind] = Server(kind)
+        for server in servers.values():
+            server.wait_ready()
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
+
+
 def load(url: str, mode: str, count: int, concurrency: int, limit: float) -> dict[str, Any]:
-    """Run the load generator in its own process and return its JSON."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.http",
-            "load",
-            "--url",
-            url,
-            "--mode",
-            mode,
-            "--count",
-            str(count),
-            "--concurrency",
-            str(concurrency),
-            "--limit",
-            str(limit),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=limit + 30,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    """Run the load generator (in this process: the orchestrator does nothing else meanwhile).
+
+    ``python -m bench.http load`` runs the same generator as a process of its own.
+    """
+    return asyncio.run(_load(url, mode, count, concurrency, limit))
+
+
+# -- what is measured --------------------------------------------------------------------------
+
+#: A subject: (server kind, URL path or None for the server's own, load mode).
+Subject = tuple[str, str | None, str]
+
+#: group -> metric -> subject name -> subject. In each group and metric the subjects run in
+#: alternating order, rep by rep. "ceiling" of the 2026-07-28 groups is one measurement (the
+#: ceiling answers those requests with JSON in both modes), shared by both groups.
+PLAN: dict[str, dict[str, dict[str, Subject]]] = {
+    "handshake_sse": {
+        "sessions_per_s": {
+            "ours": ("ours", None, "sessions"),
+            "sdk": ("sdk", None, "sessions"),
+            "ceiling": ("ceiling", "/mcp", "sessions"),
+        },
+        "calls_per_s": {
+            "ours": ("ours", None, "calls"),
+            "sdk": ("sdk", None, "calls"),
+            "ceiling": ("ceiling", "/mcp", "calls"),
+        },
+    },
+    "handshake_json": {
+        "sessions_per_s": {
+            "ours": ("ours-json", None, "sessions"),
+            "sdk": ("sdk-json", None, "sessions"),
+            "ceiling": ("ceiling", "/json", "sessions"),
+        },
+        "calls_per_s": {
+            "ours": ("ours-json", None, "calls"),
+            "sdk": ("sdk-json", None, "calls"),
+            "ceiling": ("ceiling", "/json", "calls"),
+        },
+    },
+    "modern_sse": {
+        "calls_per_s": {
+            "handle": ("ours", None, "modern-handle"),
+            "no_handle": ("ours", None, "modern"),
+            "sdk_stateless": ("sdk-stateless", None, "modern"),
+            "ceiling": ("ceiling", "/json", "modern"),
+        },
+    },
+    "modern_json": {
+        "calls_per_s": {
+            "handle": ("ours-json", None, "modern-handle"),
+            "no_handle": ("ours-json", None, "modern"),
+            "sdk_stateless": ("sdk-stateless-json", None, "modern"),
+            "ceiling": ("ceiling", "/json", "modern"),
+        },
+    },
+}
+#: Memory per idle session: group -> subject -> server kind (fresh process each).
+MEMORY_PLAN = {
+    "handshake_sse": {"ours": "ours", "sdk": "sdk"},
+    "handshake_json": {"ours": "ours-json", "sdk": "sdk-json"},
+}
+#: One profiled calls run per server: name -> subject.
+PROFILE_PLAN: dict[str, Subject] = {
+    "ours sse calls": ("ours", None, "calls"),
+    "sdk sse calls": ("sdk", None, "calls"),
+    "ceiling sse calls": ("ceiling", "/mcp", "calls"),
+    "ours json calls": ("ours-json", None, "calls"),
+    "sdk json calls": ("sdk-json", None, "calls"),
+    "ceiling json calls": ("ceiling", "/json", "calls"),
+    "ours 2026 handle calls": ("ours", None, "modern-handle"),
+    "ours 2026 no-handle calls": ("ours", None, "modern"),
+    "sdk stateless 2026 calls": ("sdk-stateless", None, "modern"),
+}
+
+
+def _url(servers: dict[str, Server], subject: Subject) -> str:
+    kind, path, _ = subject
+    url = servers[kind].url
+    if path is not None:
+        url = url.rsplit("/", 1)[0] + path
+    return url
+
+
+# -- profile summary ---------------------------------------------------------------------------
+
+LAYERS = (
+    ("hypercorn / h11", ("/hypercorn/", "/h11/", "/h2/", "/wsproto/", "/priority/")),
+    ("ours (app + transport)", ("/supervisor/",)),
+    ("bench ceiling app", ("/bench/",)),
+    ("SDK protocol (mcp)", ("/mcp/", "/mcp_types/")),
+    ("pydantic", ("/pydantic/", "/pydantic_core/")),
+    ("starlette / sse", ("/starlette/", "/sse_starlette/")),
+    ("anyio", ("/anyio/", "/sniffio/")),
+    ("trio scheduler + io", ("/trio/", "/outcome/")),
+    ("attrs", ("/attr/", "/attrs/")),
+)
+IDLE_LAYER = "idle (epoll wait)"
+SOCKET_LAYER = "socket syscalls"
+OTHER = "stdlib / builtins"
+
+
+def _direct_layer(func: tuple[str, int, str]) -> str | None:
+    filename, _, name = func
+    if filename == "~" and "poll" in name and "epoll" in name:
+        return IDLE_LAYER
+    if filename == "~" and "_socket.socket" in name:
+        return SOCKET_LAYER
+    for layer, needles in LAYERS:
+        if any(needle in filename for needle in needles):
+            return layer
+    return None
+
+
+def summarize_profile(path: Path, calls: int, top: int = 15) -> dict[str, Any]:
+    """Self time by layer (stdlib and C builtins charged to the layers that called them)."""
+    import pstats
+
+    stats: dict[Any, Any] = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    memo: dict[Any, dict[str, float]] = {}
+
+    def shares(func: Any, depth: int = 0) -> dict[str, float]:
+        if func in memo:
+            return memo[func]
+        layer = _direct_layer(func)
+        if layer is not None:
+            result = {layer: 1.0}
+        elif depth > 30 or func not in stats:
+            result = {OTHER: 1.0}
+        else:
+            memo[func] = {OTHER: 1.0}  # a cycle through this function stays stdlib
+            callers = stats[func][4]
+            total = sum(v[2] for v in callers.values())
+            if not callers or total <= 0:
+                result = {OTHER: 1.0}
+            else:
+                result = {}
+                for caller, v in callers.items():
+                    for k, s in shares(caller, depth + 1).items():
+                        result[k] = result.get(k, 0.0) + s * v[2] / total
+        memo[func] = result
+        return result
+
+    layers: dict[str, float] = {}
+    rows = []
+    for func, (_cc, nc, tt, _ct, _callers) in stats.items():
+        for layer, share in shares(func).items():
+            layers[layer] = layers.get(layer, 0.0) + tt * share
+        rows.append((tt, nc, func))
+    idle = layers.pop(IDLE_LAYER, 0.0)
+    busy = sum(layers.values())
+    rows.sort(key=lambda r: r[0], reverse=True)
+    top_rows = []
+    for tt, nc, func in rows:
+        layer_shares = shares(func)
+        if IDLE_LAYER in layer_shares:
+            continue
+        filename, line, name = func
+        short = "/".join(filename.split("/")[-2:]) if filename != "~" else ""
+        main = max(layer_shares.items(), key=lambda kv: kv[1])[0]
+        top_rows.append(
+            {
+                "function": f"{short}:{line}({name})" if short else name,
+                "layer": main if _direct_layer(func) else f"{main} (via caller)",
+                "self_fraction": tt / busy if busy else 0.0,
+                "ncalls": nc,
+            }
+        )
+        if len(top_rows) >= top:
+            break
+    ordered = dict(sorted(layers.items(), key=lambda kv: kv[1], reverse=True))
+    return {
+        "calls": calls,
+        "busy_seconds": busy,
+        "idle_seconds": idle,
+        "busy_us_per_call": busy / calls * 1e6 if calls else float("nan"),
+        "layers": {k: v / busy if busy else 0.0 for k, v in ordered.items()},
+        "layer_us_per_call": {k: v / calls * 1e6 if calls else 0.0 for k, v in ordered.items()},
+        "top": top_rows,
+    }
+
+
+# -- the section -------------------------------------------------------------------------------
+
+
+def _summarize(raw: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for group, metrics in raw.items():
+        summary[group] = {}
+        for metric, by_subject in metrics.items():
+            medians = {name: median(values) for name, values in by_subject.items()}
+            ceiling = medians.get("ceiling")
+            summary[group][metric] = {
+                "median": medians,
+                "of_ceiling": {
+                    name: value / ceiling if ceiling else float("nan")
+                    for name, value in medians.items()
+                    if name != "ceiling"
+                },
+            }
+    return summary
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
 
 def run_http(
@@ -405,82 +860,189 @@ def run_http(
     calls: int,
     idle: int,
     mem_reps: int,
+    profile_calls: int,
     concurrency: int = 8,
     limit: float = 60.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Sessions/s, calls/s (both servers live, driven A B A B) and memory per idle session."""
-    raw: dict[str, dict[str, list[float]]] = {
-        "sessions_per_s": {"ours": [], "sdk": []},
-        "calls_per_s": {"ours": [], "sdk": []},
-        "memory_per_idle_session": {"ours": [], "sdk": []},
+    """Every figure of the HTTP section; see the module docstring."""
+    raw: dict[str, dict[str, dict[str, list[float]]]] = {
+        group: {metric: {name: [] for name in subjects} for metric, subjects in metrics.items()}
+        for group, metrics in PLAN.items()
     }
-    errors: dict[str, list[str]] = {"ours": [], "sdk": []}
-    servers = {kind: Server(kind) for kind in ("ours", "sdk")}
+    errors: list[str] = []
+    counts = {"sessions": sessions, "calls": calls, "modern": calls, "modern-handle": calls}
+    servers_info: dict[str, Any] = {}
+    profiles: dict[str, Any] = {}
+
+    def measure(servers: dict[str, Server], subject: Subject, count: int) -> float:
+        r = load(_url(servers, subject), subject[2], count, concurrency, limit)
+        errors.extend(f"{subject[0]} {subject[2]}: {e}" for e in r["first_errors"])
+        per_second: float = r["per_second"]
+        return per_second
+
+    memory: dict[str, dict[str, list[float]]] = {
+        group: {name: [] for name in kinds} for group, kinds in MEMORY_PLAN.items()
+    }
+    pairs = [(g, n, k) for g, kinds in MEMORY_PLAN.items() for n, k in kinds.items()]
+    orders = [pairs if rep % 2 == 0 else pairs[::-1] for rep in range(mem_reps)]
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # Every process starts at once (imports overlap); the fresh ones for the memory figure idle
+    # until their turn, untouched.
+    servers = {kind: Server(kind) for kind in KINDS}
+    pool = [[Server(kind) for _, _, kind in order] for order in orders]
+    everyone = [*servers.values(), *(s for fresh in pool for s in fresh)]
     try:
-        for kind, server in servers.items():  # warm up: imports, caches, first connections
-            load(server.url, "sessions", max(4, sessions // 10), concurrency, limit)
-            log(f"  http warm-up {kind} done")
+        for server in everyone:
+            server.wait_ready()
+        servers_info = {kind: s.info for kind, s in servers.items()}
+        warm = max(4, sessions // 10)
+        for kind in KINDS:  # imports, caches, first connections
+            mode = "modern" if kind.startswith("sdk-stateless") else "sessions"
+            load(servers[kind].url, mode, warm, concurrency, limit)
+            if kind.startswith("ours"):
+                load(servers[kind].url, "modern-handle", warm, concurrency, limit)
+        seconds["start"] = time.perf_counter() - t0
+        log(f"  http: {len(everyone)} servers up, {len(KINDS)} warmed ({seconds['start']:.0f} s)")
+        t0 = time.perf_counter()
         for rep in range(reps):
-            order = ("ours", "sdk") if rep % 2 == 0 else ("sdk", "ours")
-            for kind in order:
-                r = load(servers[kind].url, "sessions", sessions, concurrency, limit)
-                raw["sessions_per_s"][kind].append(r["per_second"])
-                errors[kind].extend(r["first_errors"])
-            for kind in order:
-                r = load(servers[kind].url, "calls", calls, concurrency, limit)
-                raw["calls_per_s"][kind].append(r["per_second"])
-                errors[kind].extend(r["first_errors"])
-            log(
-                f"  http rep {rep + 1}/{reps}: sessions/s "
-                f"ours {raw['sessions_per_s']['ours'][-1]:.0f} "
-                f"sdk {raw['sessions_per_s']['sdk'][-1]:.0f}; calls/s "
-                f"ours {raw['calls_per_s']['ours'][-1]:.0f} "
-                f"sdk {raw['calls_per_s']['sdk'][-1]:.0f}"
-            )
-    finally:
+            modern_ceiling: float | None = None
+            for group, metrics in PLAN.items():
+                for metric, subjects in metrics.items():
+                    names = list(subjects) if rep % 2 == 0 else list(reversed(subjects))
+                    for name in names:
+                        subject = subjects[name]
+                        shared = group.startswith("modern") and name == "ceiling"
+                        if shared and modern_ceiling is not None:
+                            value = modern_ceiling
+                        else:
+                            value = measure(servers, subject, counts[subject[2]])
+                            if shared:
+                                modern_ceiling = value
+                        raw[group][metric][name].append(value)
+            log(f"  http rep {rep + 1}/{reps}: " + _rep_line(raw))
+        seconds["reps"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, subject in PROFILE_PLAN.items():
+                path = Path(tmp) / "profile.pstats"
+                mode = subject[2]
+                servers[subject[0]].profile(
+                    path,
+                    lambda s=subject, m=mode: load(  # type: ignore[misc]
+                        _url(servers, s), m, profile_calls, concurrency, limit
+                    ),
+                )
+                profiles[name] = summarize_profile(path, profile_calls)
+        seconds["profiles"] = time.perf_counter() - t0
+        log(
+            "  http profiles, busy µs per call: "
+            + "; ".join(f"{k} {v['busy_us_per_call']:.0f}" for k, v in profiles.items())
+        )
         for server in servers.values():
             server.stop()
-    for rep in range(mem_reps):
-        for kind in ("ours", "sdk") if rep % 2 == 0 else ("sdk", "ours"):
-            server = Server(kind)
-            try:
+        t0 = time.perf_counter()
+        for rep, (order, fresh) in enumerate(zip(orders, pool, strict=True)):
+            for server in fresh:  # a first few sessions: code paths and caches warm
                 load(server.url, "sessions", 20, 4, limit)
-                time.sleep(0.3)
-                before = server.rss()
+            time.sleep(0.3)
+            before = [server.rss() for server in fresh]
+            opened = []
+            for server in fresh:
                 r = load(server.url, "open", idle, concurrency, limit)
-                errors[kind].extend(r["first_errors"])
-                time.sleep(0.5)
-                after = server.rss()
-            finally:
+                errors.extend(f"{server.kind} open: {e}" for e in r["first_errors"])
+                opened.append(r["ok"])
+            time.sleep(0.5)
+            for (group, name, _), server, rss0, ok in zip(
+                order, fresh, before, opened, strict=True
+            ):
+                memory[group][name].append((server.rss() - rss0) / max(1, ok))
                 server.stop()
-            raw["memory_per_idle_session"][kind].append((after - before) / max(1, r["ok"]))
-        log(f"  http memory rep {rep + 1}/{mem_reps} done")
-    summary = {}
-    for name, by_kind in raw.items():
-        ours, sdk = median(by_kind["ours"]), median(by_kind["sdk"])
-        summary[name] = {"ours": ours, "sdk": sdk, "ratio": ours / sdk if sdk else float("nan")}
+            log(
+                f"  http memory rep {rep + 1}/{mem_reps}: "
+                + ", ".join(
+                    f"{g.removeprefix('handshake_')} {n} {v[-1] / 1024:.1f} KB"
+                    for g, by in memory.items()
+                    for n, v in by.items()
+                )
+            )
+        seconds["memory"] = time.perf_counter() - t0
+    finally:
+        for server in everyone:
+            server.stop()
+    summary = _summarize(raw)
+    summary["memory_per_idle_session"] = {
+        group: {
+            "median": {name: median(v) for name, v in by.items()},
+            "ratio": ratio(median(by["ours"]), median(by["sdk"])),
+        }
+        for group, by in memory.items()
+    }
     return {
         "reps": reps,
         "sessions": sessions,
         "calls": calls,
         "idle_sessions": idle,
+        "mem_reps": mem_reps,
+        "profile_calls": profile_calls,
         "concurrency": concurrency,
+        "gc_threshold": GC_THRESHOLD,
+        "servers": servers_info,
+        "plan": {
+            g: {m: {n: list(s) for n, s in subs.items()} for m, subs in ms.items()}
+            for g, ms in PLAN.items()
+        },
         "raw": raw,
+        "raw_memory": memory,
         "summary": summary,
-        "errors": {k: v[:5] for k, v in errors.items()},
+        "ratios": ratios(summary),
+        "profiles": profiles,
+        "seconds": seconds,
+        "errors": errors[:10],
     }
+
+
+def ratios(summary: dict[str, Any]) -> dict[str, float]:
+    """The ratios the targets are about, from the medians."""
+    out: dict[str, float] = {}
+    for mode in ("sse", "json"):
+        hs = summary[f"handshake_{mode}"]
+        md = summary[f"modern_{mode}"]["calls_per_s"]["median"]
+        for metric in ("sessions_per_s", "calls_per_s"):
+            m = hs[metric]["median"]
+            out[f"handshake_{mode}.{metric}"] = ratio(m["ours"], m["sdk"])
+        sdk_calls = hs["calls_per_s"]["median"]["sdk"]
+        out[f"modern_{mode}.handle_vs_sdk_manager"] = ratio(md["handle"], sdk_calls)
+        out[f"modern_{mode}.handle_vs_sdk_stateless"] = ratio(md["handle"], md["sdk_stateless"])
+        out[f"modern_{mode}.no_handle_vs_sdk_stateless"] = ratio(
+            md["no_handle"], md["sdk_stateless"]
+        )
+        mem = summary.get("memory_per_idle_session", {}).get(f"handshake_{mode}")
+        if mem:
+            out[f"handshake_{mode}.memory_per_idle_session"] = mem["ratio"]
+    return out
+
+
+def _rep_line(raw: dict[str, dict[str, dict[str, list[float]]]]) -> str:
+    parts = []
+    for group, metrics in raw.items():
+        for metric, by in metrics.items():
+            era = group.replace("handshake_", "").replace("modern_", "2026 ")
+            label = f"{era} {metric.split('_')[0]}/s"
+            parts.append(label + " " + " ".join(f"{n} {v[-1]:.0f}" for n, v in by.items()))
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__)
     sub = parser.add_subparsers(dest="role", required=True)
     serve = sub.add_parser("serve")
-    serve.add_argument("--kind", choices=["ours", "sdk"], required=True)
+    serve.add_argument("--kind", choices=KINDS, required=True)
     serve.add_argument("--port", type=int, default=0)
     loadp = sub.add_parser("load")
     loadp.add_argument("--url", required=True)
-    loadp.add_argument("--mode", choices=["sessions", "calls", "open"], required=True)
+    loadp.add_argument("--mode", choices=MODES, required=True)
     loadp.add_argument("--count", type=int, default=100)
     loadp.add_argument("--concurrency", type=int, default=8)
     loadp.add_argument("--limit", type=float, default=60.0, help="seconds before giving up")

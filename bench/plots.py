@@ -143,21 +143,79 @@ def _seed(seed: dict[str, Any], core: dict[str, Any] | None, path: Path) -> None
     plt.close(fig)
 
 
+_SUBJECT_COLORS = {
+    "ours": OURS,
+    "handle": OURS,
+    "no_handle": "#6baed6",
+    "sdk": SDK,
+    "sdk_stateless": "#fdae6b",
+    "ceiling": BARE,
+}
+_SUBJECT_LABELS = {
+    "ours": "ours",
+    "handle": "ours\nhandle",
+    "no_handle": "ours\nno handle",
+    "sdk": "SDK",
+    "sdk_stateless": "SDK\nstateless",
+    "ceiling": "ceiling",
+}
+_GROUP_LABELS = {
+    "handshake_sse": "handshake SSE",
+    "handshake_json": "handshake JSON",
+    "modern_sse": "2026-07-28 SSE",
+    "modern_json": "2026-07-28 JSON",
+}
+
+
 def _http(http: dict[str, Any], path: Path) -> None:
-    metrics = [
-        ("sessions_per_s", "sessions/s", 1),
-        ("calls_per_s", "calls/s", 1),
-        ("memory_per_idle_session", "KB per idle session", 1024),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-    for ax, (key, label, scale) in zip(axes, metrics, strict=True):
-        s = http["summary"][key]
-        raw = http["raw"][key]
-        ax.bar([0, 1], [s["ours"] / scale, s["sdk"] / scale], color=[OURS, SDK])
-        for x, kind in ((0, "ours"), (1, "sdk")):
-            ax.plot([x] * len(raw[kind]), [v / scale for v in raw[kind]], "k.", ms=4)
-        ax.set_xticks([0, 1], ["ours", "SDK manager"])
-        ax.set_title(f"{label} ({s['ratio']:.2f}x)")
+    s = http["summary"]
+    panels = [(g, m) for g in _GROUP_LABELS for m in s[g]]
+    fig, axes = plt.subplots(2, 4, figsize=(15, 7.5))
+    flat = list(axes.flat)
+    for ax, (group, metric) in zip(flat, panels, strict=False):
+        medians = s[group][metric]["median"]
+        names = list(medians)
+        xs = range(len(names))
+        ax.bar(xs, [medians[n] for n in names], color=[_SUBJECT_COLORS[n] for n in names])
+        for x, n in zip(xs, names, strict=True):
+            runs = http["raw"][group][metric][n]
+            ax.plot([x] * len(runs), runs, "k.", ms=4)
+        ax.set_xticks(list(xs), [_SUBJECT_LABELS[n] for n in names], fontsize=8)
+        ax.set_title(f"{_GROUP_LABELS[group]}: {metric.replace('_per_s', '/s')}", fontsize=10)
+    mem = s.get("memory_per_idle_session", {})
+    ax = flat[len(panels)]
+    if mem:
+        groups = list(mem)
+        for i, group in enumerate(groups):
+            ax.bar(i - 0.2, mem[group]["median"]["ours"] / 1024, 0.4, color=OURS)
+            ax.bar(i + 0.2, mem[group]["median"]["sdk"] / 1024, 0.4, color=SDK)
+        ax.set_xticks(range(len(groups)), [_GROUP_LABELS[g] for g in groups], fontsize=8)
+        ax.set_ylabel("KB per idle session")
+        ax.set_title("memory (blue ours, orange SDK)", fontsize=10)
+    else:
+        ax.axis("off")
+    ax = flat[len(panels) + 1]
+    profiles = http.get("profiles") or {}
+    if profiles:
+        layers: list[str] = []
+        for p in profiles.values():
+            layers += [layer for layer in p["layers"] if layer not in layers]
+        names = list(profiles)
+        left = [0.0] * len(names)
+        cmap = plt.get_cmap("tab10")
+        for j, layer in enumerate(layers):
+            widths = [profiles[n]["layers"].get(layer, 0.0) for n in names]
+            ax.barh(range(len(names)), widths, left=left, color=cmap(j % 10), label=layer)
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_title("busy time by layer (cProfile)", fontsize=10)
+        ax.legend(fontsize=6, loc="lower left", bbox_to_anchor=(1.0, 0.0))
+    else:
+        ax.axis("off")
+    for ax in flat[len(panels) + 2 :]:
+        ax.axis("off")
     fig.suptitle("Streamable HTTP on loopback (bars: median; dots: runs)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

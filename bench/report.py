@@ -209,30 +209,203 @@ def _handles(h: dict[str, Any]) -> list[str]:
     return lines
 
 
+GROUP_TITLES = {
+    "handshake_sse": "Handshake era, SSE responses",
+    "handshake_json": "Handshake era, `json_response=True` on both",
+    "modern_sse": "2026-07-28 era, SSE servers (`MCP-Protocol-Version: 2026-07-28`, no session)",
+    "modern_json": "2026-07-28 era, `json_response=True` servers",
+}
+SUBJECTS = {
+    "ours": "ours (`serve_http`)",
+    "sdk": "SDK `StreamableHTTPSessionManager`",
+    "ceiling": "ceiling (bare ASGI app, fixed result)",
+    "handle": "ours, through a state handle (`counter`, `session`)",
+    "no_handle": "ours, no handle (`echo`)",
+    "sdk_stateless": "SDK manager, `stateless=True` (`echo`)",
+}
+
+
+def _per_second(values: list[float]) -> str:
+    return ", ".join(f"{v:,.0f}" for v in values)
+
+
 def _http(http: dict[str, Any]) -> list[str]:
     s = http["summary"]
     lines = [
         "## End to end: Streamable HTTP on loopback",
         "",
-        f"Load from a second process, {http['concurrency']} keep-alive connections; "
-        f"{http['sessions']} sessions (initialize, notifications/initialized, tools/call echo, "
-        f"DELETE) and {http['calls']} tools/call per run, {http['reps']} runs alternating; memory: "
-        f"RSS delta of {http['idle_sessions']} idle sessions in a fresh server.",
+        f"Every server on hypercorn's trio worker with the same config, GC young threshold "
+        f"{http['gc_threshold']:,} in every server. Load from the orchestrating process (asyncio, "
+        f"{http['concurrency']} keep-alive connections, 127.0.0.1); per run: {http['sessions']} "
+        f"sessions (initialize, notifications/initialized, tools/call echo, DELETE) or "
+        f"{http['calls']} calls; {http['reps']} repetitions, subjects in alternating order "
+        "(A B C, C B A, ...); medians, and every figure as a fraction of the ceiling (a bare ASGI "
+        "app on the same hypercorn config answering fixed JSON-RPC results to the same requests). "
+        "2026-07-28 calls: `tools/call echo` without a handle (ours, the SDK's stateless manager, "
+        "the ceiling), `tools/call counter` with the `session` argument through a handle opened "
+        "once per connection (ours; each answer's count is checked).",
         "",
-        "| metric | ours (`supervisor.mcp.serve_http`) | SDK `StreamableHTTPSessionManager` | "
-        "ratio |",
-        "|---|---|---|---|",
-        f"| sessions/s | {s['sessions_per_s']['ours']:.0f} | {s['sessions_per_s']['sdk']:.0f} | "
-        f"{s['sessions_per_s']['ratio']:.2f}x |",
-        f"| calls/s | {s['calls_per_s']['ours']:.0f} | {s['calls_per_s']['sdk']:.0f} | "
-        f"{s['calls_per_s']['ratio']:.2f}x |",
-        f"| memory per idle session | {s['memory_per_idle_session']['ours'] / 1024:.1f} KB | "
-        f"{s['memory_per_idle_session']['sdk'] / 1024:.1f} KB | "
-        f"{s['memory_per_idle_session']['ratio']:.2f}x |",
-        "",
+        "| figure | subject | median | of ceiling | runs |",
+        "|---|---|---|---|---|",
     ]
-    if any(http["errors"].values()):
-        lines += [f"Errors seen: `{http['errors']}`", ""]
+    for group, metrics in s.items():
+        if group not in GROUP_TITLES:
+            continue
+        for metric, fig in metrics.items():
+            label = f"{GROUP_TITLES[group]}: {metric.replace('_per_s', '/s')}"
+            for name, value in fig["median"].items():
+                frac = fig["of_ceiling"].get(name)
+                shown = "1" if frac is None else f"{frac:.2f}"
+                runs = _per_second(http["raw"][group][metric][name])
+                lines.append(
+                    f"| {label} | {SUBJECTS.get(name, name)} | {value:,.0f} | {shown} | {runs} |"
+                )
+                label = ""
+    mem = s.get("memory_per_idle_session", {})
+    if mem:
+        lines += [
+            "",
+            f"Memory per idle session: RSS delta of {http['idle_sessions']} idle sessions in a "
+            f"fresh server process, {http['mem_reps']} process(es) of each kind.",
+            "",
+            "| response mode | ours | SDK manager | ratio | runs (ours; SDK) |",
+            "|---|---|---|---|---|",
+        ]
+        for group, m in mem.items():
+            runs = http["raw_memory"][group]
+            lines.append(
+                f"| {GROUP_TITLES[group].removeprefix('Handshake era, ')} | "
+                f"{m['median']['ours'] / 1024:.1f} KB | {m['median']['sdk'] / 1024:.1f} KB | "
+                f"{m['ratio']:.2f}x | "
+                + ", ".join(f"{v / 1024:.1f}" for v in runs["ours"])
+                + "; "
+                + ", ".join(f"{v / 1024:.1f}" for v in runs["sdk"])
+                + " |"
+            )
+    lines.append("")
+    if http.get("profiles"):
+        lines += _http_profiles(http)
+    if http["errors"]:
+        lines += ["Errors seen: " + "; ".join(f"`{e}`" for e in http["errors"]), ""]
+    return lines
+
+
+def _http_profiles(http: dict[str, Any]) -> list[str]:
+    profiles = http["profiles"]
+    layers: list[str] = []
+    for p in profiles.values():
+        for layer, share in p["layers"].items():
+            if layer not in layers and share >= 0.005:
+                layers.append(layer)
+    lines = [
+        "### Where the time goes (cProfile of one calls run per server)",
+        "",
+        f"{http['profile_calls']} calls per run, the server's trio thread under cProfile (which "
+        "inflates layers made of many small calls: trio's scheduler most). Self time by layer, "
+        "as a share of the server's busy time (waiting in epoll excluded); stdlib and C "
+        "builtins are charged to the layers that called them. µs per call include the untimed "
+        "setup of the run (opening the sessions or handles), so they read as relative figures.",
+        "",
+        "| run | busy µs/call | " + " | ".join(layers) + " |",
+        "|---|---|" + "---|" * len(layers),
+    ]
+    for name, p in profiles.items():
+        cells = [f"{p['layers'].get(layer, 0.0) * 100:.0f}%" for layer in layers]
+        lines.append(f"| {name} | {p['busy_us_per_call']:,.0f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, p in profiles.items():
+        top = "; ".join(
+            f"`{t['function']}` {t['self_fraction'] * 100:.1f}% ({t['layer']})"
+            for t in p["top"][:8]
+        )
+        lines.append(f"- **{name}**, top self time: {top}.")
+    lines.append("")
+    return lines
+
+
+MILLION_FIELDS = {
+    "sessions": ("live sessions", "{:,.0f}"),
+    "per_session_rss_bytes": ("RSS per idle session", "bytes"),
+    "create_seconds": ("time to create them all", "{:.1f} s"),
+    "gc_seconds": ("of which in the garbage collector", "{:.1f} s"),
+    "cost_growth": ("per-operation cost at 1M / at 1k", "{:.2f}x"),
+    "stall_idle_ms": ("longest event-loop stall while idle", "{:.1f} ms"),
+    "stall_expiry_ms": ("longest event-loop stall while all expire at once", "{:.1f} ms"),
+    "expiry_seconds": ("time for all of them to expire", "{:.1f} s"),
+    "early": ("expired early", "{:.0f}"),
+}
+
+
+def _million(million: dict[str, Any]) -> list[str]:
+    lines = [
+        "## One million live sessions (`python -m bench --only million`)",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    shown = set()
+    for key, (label, fmt) in MILLION_FIELDS.items():
+        value = million.get(key)
+        if isinstance(value, int | float):
+            text = (
+                f"{value / 1024:.2f} KB ({value:,.0f} B)" if fmt == "bytes" else fmt.format(value)
+            )
+            lines.append(f"| {label} | {text} |")
+            shown.add(key)
+    for key, value in million.items():
+        if key in shown:
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            lines.append(f"| {key} | {value:,.4g} |")
+        elif (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, int | float) for v in value.values())
+        ):  # a distribution, e.g. lateness percentiles
+            lines.append(
+                f"| {key} | " + ", ".join(f"{k} {v:,.4g}" for k, v in value.items()) + " |"
+            )
+    lines.append("")
+    return lines
+
+
+def _status(check: dict[str, Any]) -> str:
+    if check.get("value") is None:
+        return "pending"
+    if check["met"] is None:
+        return "reported"
+    return "met" if check["met"] else "**missed**"
+
+
+def _shown(check: dict[str, Any]) -> str:
+    value = check.get("value")
+    if value is None:
+        return ""
+    if "lateness" in check["target"]:
+        return f"{value * 1000:.2f} ms"
+    if "early" in check["target"]:
+        return f"{int(value)} early"
+    if check.get("section") == "million":
+        return ""
+    return f"{value:.2f}" if "fraction" in check["target"] else f"{value:.2f}x"
+
+
+def _targets(checks: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Targets",
+        "",
+        "Ratios of medians, measured side by side in this run; a fraction of the ceiling is "
+        "reported, not a target.",
+        "",
+        "| target | figure(s) | ratio | |",
+        "|---|---|---|---|",
+    ]
+    for check in checks:
+        lines.append(
+            f"| {check['target']} | {check.get('figures', '')} | {_shown(check)} | "
+            f"{_status(check)} |"
+        )
+    lines.append("")
     return lines
 
 
@@ -258,18 +431,7 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     if results["targets"]:
-        lines += ["## Targets", "", "| target | value | |", "|---|---|---|"]
-    for check in results["targets"]:
-        value = check["value"]
-        if "lateness" in check["target"]:
-            shown = f"{value * 1000:.2f} ms"
-        elif "early" in check["target"]:
-            shown = f"{int(value)} early"
-        else:
-            shown = f"{value:.2f}x"
-        lines.append(f"| {check['target']} | {shown} | {'met' if check['met'] else '**missed**'} |")
-    if results["targets"]:
-        lines.append("")
+        lines += _targets(results["targets"])
     if results.get("core"):
         lines += _core(results["core"])
     if results.get("expiry"):
@@ -280,4 +442,6 @@ def render(results: dict[str, Any]) -> str:
         lines += _handles(results["handles"])
     if results.get("http"):
         lines += _http(results["http"])
+    if results.get("million"):
+        lines += _million(results["million"])
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("matplotlib", reason="the [bench] extra (matplotlib) is not installed")
 pytest.importorskip("hypercorn", reason="the [mcp] extra is not installed")
+
+from bench.report import render  # noqa: E402
+from bench.run import check_targets, run_million  # noqa: E402
 
 
 @pytest.mark.slow
@@ -51,16 +55,36 @@ def test_bench_quick(tmp_path: Path) -> None:
         assert seed["expiry"]["max_ms"] > 0
 
     http = results["http"]
-    for name in ("sessions_per_s", "calls_per_s", "memory_per_idle_session"):
-        assert http["summary"][name]["ours"] > 0 and http["summary"][name]["sdk"] > 0, name
-    assert not http["errors"]["ours"] and not http["errors"]["sdk"], http["errors"]
+    assert not http["errors"], http["errors"]
+    s = http["summary"]
+    for mode in ("sse", "json"):
+        for metric in ("sessions_per_s", "calls_per_s"):
+            fig = s[f"handshake_{mode}"][metric]
+            assert all(fig["median"][k] > 0 for k in ("ours", "sdk", "ceiling")), (mode, metric)
+            assert set(fig["of_ceiling"]) == {"ours", "sdk"}
+        modern = s[f"modern_{mode}"]["calls_per_s"]["median"]
+        assert all(modern[k] > 0 for k in ("handle", "no_handle", "sdk_stateless", "ceiling"))
+        memory = s["memory_per_idle_session"][f"handshake_{mode}"]["median"]
+        assert memory["ours"] > 0 and memory["sdk"] > 0, mode
+    assert len(http["ratios"]) == 12
+    # every server ran with the same collector setting
+    assert len({tuple(info["gc_threshold"]) for info in http["servers"].values()}) == 1
+    for name, profile in http["profiles"].items():
+        assert profile["busy_seconds"] > 0 and profile["top"], name
+        assert abs(sum(profile["layers"].values()) - 1) < 1e-6, name
+    assert http["profiles"]["ours sse calls"]["layers"]["ours (app + transport)"] > 0
+    assert http["profiles"]["sdk sse calls"]["layers"]["SDK protocol (mcp)"] > 0
 
     handles = results["handles"]["sizes"]["1000"]["summary"]
     for op in ("open", "open_tool", "call", "close", "mass_expiry", "memory_rss"):
         assert handles[op]["ours"] > 0 and handles[op]["base"] > 0, op
         assert handles[op]["ratio"] == handles[op]["ours"] / handles[op]["base"], op
 
-    assert results["targets"]
+    targets = results["targets"]
+    http_rows = [t for t in targets if t.get("section") == "http"]
+    assert len([t for t in http_rows if t["met"] is not None]) == 12
+    assert len([t for t in http_rows if "ceiling" in t["target"]]) == 6
+    assert all(t["met"] is None for t in targets if t.get("section") == "million")
     markdown = (out / "results.md").read_text()
     for heading in (
         "## Targets",
@@ -68,6 +92,7 @@ def test_bench_quick(tmp_path: Path) -> None:
         "## Expiry precision",
         "## State handles",
         "## End to end",
+        "### Where the time goes",
     ):
         assert heading in markdown
     pngs = (
@@ -115,3 +140,59 @@ def test_bench_refuses_an_unknown_section(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown sections: handle" in proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def _million_results(million: dict[str, Any] | None) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "meta": {
+            "date": "2026-12-01T12:00:00+00:00",
+            "quick": True,
+            "versions": {"python": "3.11"},
+            "machine": {"cpus": 2, "cpu_model": "x", "platform": "linux", "load_avg_at_start": [0]},
+            "seconds_total": 1.0,
+        }
+    }
+    if million is not None:
+        results["million"] = million
+    results["targets"] = check_targets(results)
+    return results
+
+
+def test_report_without_sections_shows_pending_core_million_and_http_rows() -> None:
+    results = _million_results(None)
+    pending = [t for t in results["targets"] if t["value"] is None]
+    assert {t["section"] for t in pending} == {"core", "http", "million"}
+    markdown = render(results)
+    assert "## Targets" in markdown and "pending: run `python -m bench --only million`" in markdown
+    assert "## One million" not in markdown
+
+
+def test_report_renders_a_million_section_and_checks_its_targets() -> None:
+    million = {
+        "sessions": 1_000_000,
+        "per_session_rss_bytes": 4000.0,
+        "create_seconds": 75.0,
+        "stall_idle_ms": 12.0,
+        "stall_expiry_ms": 250.0,
+        "early": 0,
+        "lateness_ms": {"p50": 3.0, "p99": 40.0, "max": 90.0},
+    }
+    results = _million_results(million)
+    rows = {t["target"]: t for t in results["targets"] if t["section"] == "million"}
+    assert rows["RSS per idle session <= 4.5 KB"]["met"] is True
+    assert rows["1,000,000 sessions created in <= 60 s"]["met"] is False
+    assert rows["longest event-loop stall while 1M expire at once <= 100 ms"]["met"] is False
+    assert rows["no session expires early"]["met"] is True
+    assert rows["per-operation cost at 1M <= 2x the cost at 1k"]["value"] is None  # not given
+    markdown = render(results)
+    assert "## One million live sessions" in markdown
+    assert "| RSS per idle session | 3.91 KB (4,000 B) |" in markdown
+    assert "| lateness_ms | p50 3, p99 40, max 90 |" in markdown
+    assert "**missed**" in markdown and "pending" in markdown
+
+
+def test_million_section_is_skipped_while_its_module_does_not_exist(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_million({"quick": True}, module="bench.no_such_section") is None
+    assert "no module bench.no_such_section yet: section skipped" in capsys.readouterr().err
