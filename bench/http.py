@@ -493,7 +493,15 @@ async def _connections(url: str, n: int) -> AsyncIterator[list[_Conn]]:
             await conn.close()
 
 
-async def _load(url: str, mode: str, count: int, concurrency: int, limit: float) -> dict[str, Any]:
+async def _load(
+    url: str,
+    mode: str,
+    count: int,
+    concurrency: int,
+    limit: float,
+    mark: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Drive one run; ``mark("start")`` and ``mark("end")`` bracket the timed part."""
     latencies: list[float] = []
     errors: list[str] = []
     next_index = 0
@@ -544,11 +552,17 @@ async def _load(url: str, mode: str, count: int, concurrency: int, limit: float)
                     await conn.close()
                 latencies.append(time.perf_counter() - t0)
 
+        if mark is not None:
+            mark("start")
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         await asyncio.wait_for(
             asyncio.gather(*(worker(w, c) for w, c in enumerate(conns))), timeout=limit
         )
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+        if mark is not None:
+            mark("end")
         if mode == "calls":
             for j, session in enumerate(sessions):
                 await _delete(conns[j % len(conns)], session)
@@ -564,6 +578,7 @@ async def _load(url: str, mode: str, count: int, concurrency: int, limit: float)
         "errors": len(errors),
         "first_errors": errors[:3],
         "per_second": done / elapsed if elapsed > 0 else 0.0,
+        "loadgen_cpu_fraction": cpu / elapsed if elapsed > 0 else 0.0,
         "latency_p50": percentile(latencies, 50),
         "latency_p99": percentile(latencies, 99),
     }
@@ -645,12 +660,37 @@ def start_servers(kinds: Iterable[str]) -> dict[str, Server]:
     return servers
 
 
-def load(url: str, mode: str, count: int, concurrency: int, limit: float) -> dict[str, Any]:
+def load(
+    url: str,
+    mode: str,
+    count: int,
+    concurrency: int,
+    limit: float,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
     """Run the load generator (in this process: the orchestrator does nothing else meanwhile).
 
-    ``python -m bench.http load`` runs the same generator as a process of its own.
+    With ``server_pid``, the result has ``server_cpu_seconds``: the CPU time that process used
+    during the timed part. ``python -m bench.http load`` runs the same generator as a process
+    of its own.
     """
-    return asyncio.run(_load(url, mode, count, concurrency, limit))
+    marks: dict[str, float] = {}
+
+    def mark(at: str) -> None:
+        if server_pid is not None:
+            marks[at] = cpu_seconds(server_pid)
+
+    result = asyncio.run(_load(url, mode, count, concurrency, limit, mark))
+    if marks:
+        result["server_cpu_seconds"] = marks["end"] - marks["start"]
+    return result
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (from /proc, clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- what is measured --------------------------------------------------------------------------
@@ -870,16 +910,22 @@ def run_http(
         group: {metric: {name: [] for name in subjects} for metric, subjects in metrics.items()}
         for group, metrics in PLAN.items()
     }
+    cpu: dict[str, dict[str, dict[str, list[float]]]] = {
+        g: {m: {n: [] for n in subs} for m, subs in ms.items()} for g, ms in PLAN.items()
+    }
+    loadgen: dict[str, dict[str, dict[str, list[float]]]] = {
+        g: {m: {n: [] for n in subs} for m, subs in ms.items()} for g, ms in PLAN.items()
+    }
     errors: list[str] = []
     counts = {"sessions": sessions, "calls": calls, "modern": calls, "modern-handle": calls}
     servers_info: dict[str, Any] = {}
     profiles: dict[str, Any] = {}
 
-    def measure(servers: dict[str, Server], subject: Subject, count: int) -> float:
-        r = load(_url(servers, subject), subject[2], count, concurrency, limit)
+    def measure(servers: dict[str, Server], subject: Subject, count: int) -> dict[str, Any]:
+        server = servers[subject[0]]
+        r = load(_url(servers, subject), subject[2], count, concurrency, limit, server.proc.pid)
         errors.extend(f"{subject[0]} {subject[2]}: {e}" for e in r["first_errors"])
-        per_second: float = r["per_second"]
-        return per_second
+        return r
 
     memory: dict[str, dict[str, list[float]]] = {
         group: {name: [] for name in kinds} for group, kinds in MEMORY_PLAN.items()
@@ -907,7 +953,7 @@ def run_http(
         log(f"  http: {len(everyone)} servers up, {len(KINDS)} warmed ({seconds['start']:.0f} s)")
         t0 = time.perf_counter()
         for rep in range(reps):
-            modern_ceiling: float | None = None
+            modern_ceiling: dict[str, Any] | None = None
             for group, metrics in PLAN.items():
                 for metric, subjects in metrics.items():
                     names = list(subjects) if rep % 2 == 0 else list(reversed(subjects))
@@ -915,12 +961,15 @@ def run_http(
                         subject = subjects[name]
                         shared = group.startswith("modern") and name == "ceiling"
                         if shared and modern_ceiling is not None:
-                            value = modern_ceiling
+                            r = modern_ceiling
                         else:
-                            value = measure(servers, subject, counts[subject[2]])
+                            r = measure(servers, subject, counts[subject[2]])
                             if shared:
-                                modern_ceiling = value
-                        raw[group][metric][name].append(value)
+                                modern_ceiling = r
+                        raw[group][metric][name].append(r["per_second"])
+                        ops = max(1, r["ok"])
+                        cpu[group][metric][name].append(r["server_cpu_seconds"] / ops * 1e6)
+                        loadgen[group][metric][name].append(r["loadgen_cpu_fraction"])
             log(f"  http rep {rep + 1}/{reps}: " + _rep_line(raw))
         seconds["reps"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -972,6 +1021,14 @@ def run_http(
         for server in everyone:
             server.stop()
     summary = _summarize(raw)
+    for group, per_metric in cpu.items():
+        for metric, per_subject in per_metric.items():
+            summary[group][metric]["server_cpu_us_per_op"] = {
+                n: median(v) for n, v in per_subject.items()
+            }
+            summary[group][metric]["loadgen_cpu_fraction"] = {
+                n: median(v) for n, v in loadgen[group][metric].items()
+            }
     summary["memory_per_idle_session"] = {
         group: {
             "median": {name: median(v) for name, v in by.items()},
@@ -995,6 +1052,8 @@ def run_http(
         },
         "raw": raw,
         "raw_memory": memory,
+        "raw_server_cpu_us_per_op": cpu,
+        "raw_loadgen_cpu_fraction": loadgen,
         "summary": summary,
         "ratios": ratios(summary),
         "profiles": profiles,

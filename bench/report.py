@@ -245,8 +245,14 @@ def _http(http: dict[str, Any]) -> list[str]:
         "the ceiling), `tools/call counter` with the `session` argument through a handle opened "
         "once per connection (ours; each answer's count is checked).",
         "",
-        "| figure | subject | median | of ceiling | runs |",
-        "|---|---|---|---|---|",
+        "Server CPU per operation: the server process's user + system time during the timed "
+        "part of the run (from /proc) over the operations done; less sensitive to a shared "
+        "machine than the rate. Load generator: its CPU time over the run's wall time (near 1, "
+        "the generator, not the server, limits the rate: the ceiling's case).",
+        "",
+        "| figure | subject | median | of ceiling | server CPU per op | load generator CPU | "
+        "runs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for group, metrics in s.items():
         if group not in GROUP_TITLES:
@@ -257,8 +263,13 @@ def _http(http: dict[str, Any]) -> list[str]:
                 frac = fig["of_ceiling"].get(name)
                 shown = "1" if frac is None else f"{frac:.2f}"
                 runs = _per_second(http["raw"][group][metric][name])
+                cpu = fig.get("server_cpu_us_per_op", {}).get(name)
+                gen = fig.get("loadgen_cpu_fraction", {}).get(name)
+                cpu_shown = "" if cpu is None else f"{cpu:,.0f} µs"
+                gen_shown = "" if gen is None else f"{gen:.2f}"
                 lines.append(
-                    f"| {label} | {SUBJECTS.get(name, name)} | {value:,.0f} | {shown} | {runs} |"
+                    f"| {label} | {SUBJECTS.get(name, name)} | {value:,.0f}/s | {shown} | "
+                    f"{cpu_shown} | {gen_shown} | {runs} |"
                 )
                 label = ""
     mem = s.get("memory_per_idle_session", {})
@@ -301,16 +312,23 @@ def _http_profiles(http: dict[str, Any]) -> list[str]:
         "### Where the time goes (cProfile of one calls run per server)",
         "",
         f"{http['profile_calls']} calls per run, the server's trio thread under cProfile (which "
-        "inflates layers made of many small calls: trio's scheduler most). Self time by layer, "
-        "as a share of the server's busy time (waiting in epoll excluded); stdlib and C "
-        "builtins are charged to the layers that called them. µs per call include the untimed "
-        "setup of the run (opening the sessions or handles), so they read as relative figures.",
+        "inflates layers made of many small calls, trio's scheduler most, about threefold "
+        "overall: compare the unprofiled server CPU per op above). Self time by layer in µs per "
+        "call and as a share of the server's busy time (waiting in epoll excluded); stdlib and "
+        "C builtins are charged to the layers that called them, socket sends and receives are "
+        "their own layer. The run's untimed setup (opening its sessions or handles) is "
+        "included. Read a row against the ceiling's of the same response mode: what is above "
+        "the ceiling's hypercorn + trio + socket time is the price of the layers above the "
+        "HTTP server.",
         "",
         "| run | busy µs/call | " + " | ".join(layers) + " |",
         "|---|---|" + "---|" * len(layers),
     ]
     for name, p in profiles.items():
-        cells = [f"{p['layers'].get(layer, 0.0) * 100:.0f}%" for layer in layers]
+        cells = [
+            f"{p['layer_us_per_call'].get(layer, 0.0):,.0f} ({p['layers'].get(layer, 0.0):.0%})"
+            for layer in layers
+        ]
         lines.append(f"| {name} | {p['busy_us_per_call']:,.0f} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, p in profiles.items():
@@ -324,6 +342,7 @@ def _http_profiles(http: dict[str, Any]) -> list[str]:
 
 
 MILLION_FIELDS = {
+    "n": ("live sessions", "{:,.0f}"),
     "sessions": ("live sessions", "{:,.0f}"),
     "per_session_rss_bytes": ("RSS per idle session", "bytes"),
     "create_seconds": ("time to create them all", "{:.1f} s"),
@@ -334,6 +353,7 @@ MILLION_FIELDS = {
     "expiry_seconds": ("time for all of them to expire", "{:.1f} s"),
     "early": ("expired early", "{:.0f}"),
 }
+_MILLION_OPS = ("ops_1k", "ops_1m", "ops_ratio")
 
 
 def _million(million: dict[str, Any]) -> list[str]:
@@ -353,7 +373,7 @@ def _million(million: dict[str, Any]) -> list[str]:
             lines.append(f"| {label} | {text} |")
             shown.add(key)
     for key, value in million.items():
-        if key in shown:
+        if key in shown or key in _MILLION_OPS:
             continue
         if isinstance(value, int | float) and not isinstance(value, bool):
             lines.append(f"| {key} | {value:,.4g} |")
@@ -362,10 +382,29 @@ def _million(million: dict[str, Any]) -> list[str]:
             and value
             and all(isinstance(v, int | float) for v in value.values())
         ):  # a distribution, e.g. lateness percentiles
+            scale, unit = (1e3, " ms") if key.endswith("_s") else (1, "")
+            name = key.removesuffix("_s") if unit else key
             lines.append(
-                f"| {key} | " + ", ".join(f"{k} {v:,.4g}" for k, v in value.items()) + " |"
+                f"| {name} | "
+                + ", ".join(f"{k} {v * scale:,.4g}{unit}" for k, v in value.items())
+                + " |"
             )
+        elif isinstance(value, str):
+            lines.append(f"| {key} | {value} |")
     lines.append("")
+    ops = [million.get(k) for k in _MILLION_OPS]
+    if all(isinstance(o, dict) for o in ops):
+        small, big, growth = ops
+        assert isinstance(small, dict) and isinstance(big, dict) and isinstance(growth, dict)
+        n = million.get("n", million.get("sessions", "N"))
+        n_label = f"{n:,}" if isinstance(n, int) else str(n)
+        lines += [f"| operation | at 1,000 | at {n_label} | ratio |", "|---|---|---|---|"]
+        for op in small:
+            lines.append(
+                f"| {op} | {_fmt_value(op, small[op])} | {_fmt_value(op, big.get(op, 0))} | "
+                f"{growth.get(op, float('nan')):.2f}x |"
+            )
+        lines.append("")
     return lines
 
 

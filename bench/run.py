@@ -367,7 +367,7 @@ def run_million(prof: dict[str, Any], module: str = "bench.million") -> dict[str
     if importlib.util.find_spec(module) is None:
         _log(f"  million: no module {module} yet: section skipped")
         return None
-    extra = ["--quick"] if prof.get("quick") else []
+    extra = ["--n", "20000"] if prof.get("quick") else []
     result: dict[str, Any] = _py(module, "--json", *extra, timeout=1800)
     return result
 
@@ -448,39 +448,46 @@ def http_checks(http: dict[str, Any] | None) -> list[dict[str, Any]]:
         return [_pending("http", "HTTP targets (both eras, both modes, memory, ceiling)", "http")]
     checks: list[dict[str, Any]] = []
     s = http["summary"]
+
+    def pair(group: str, metric: str, a: str, b: str, b_label: str) -> tuple[Any, ...]:
+        f = s[group][metric]
+        cpu = f.get("server_cpu_us_per_op", {})
+        return (f["median"][a], f["median"][b], b_label, cpu.get(a), cpu.get(b))
+
     for m, label in HTTP_MODES.items():
-        hs, md = s[f"handshake_{m}"], s[f"modern_{m}"]["calls_per_s"]["median"]
-        mem = s["memory_per_idle_session"][f"handshake_{m}"]["median"]
+        hg, mg = f"handshake_{m}", f"modern_{m}"
+        mem = s["memory_per_idle_session"][hg]["median"]
         figures = {
-            "sessions_per_s": (
-                hs["sessions_per_s"]["median"]["ours"],
-                hs["sessions_per_s"]["median"]["sdk"],
-                "SDK",
-            ),
-            "calls_per_s": (
-                hs["calls_per_s"]["median"]["ours"],
-                hs["calls_per_s"]["median"]["sdk"],
-                "SDK",
-            ),
-            "memory_per_idle_session": (mem["ours"], mem["sdk"], "SDK"),
+            "sessions_per_s": pair(hg, "sessions_per_s", "ours", "sdk", "SDK"),
+            "calls_per_s": pair(hg, "calls_per_s", "ours", "sdk", "SDK"),
+            "memory_per_idle_session": (mem["ours"], mem["sdk"], "SDK", None, None),
             "handle_vs_sdk_manager": (
-                md["handle"],
-                hs["calls_per_s"]["median"]["sdk"],
+                s[mg]["calls_per_s"]["median"]["handle"],
+                s[hg]["calls_per_s"]["median"]["sdk"],
                 "SDK manager",
+                s[mg]["calls_per_s"].get("server_cpu_us_per_op", {}).get("handle"),
+                s[hg]["calls_per_s"].get("server_cpu_us_per_op", {}).get("sdk"),
             ),
-            "handle_vs_sdk_stateless": (md["handle"], md["sdk_stateless"], "SDK stateless"),
-            "no_handle_vs_sdk_stateless": (md["no_handle"], md["sdk_stateless"], "SDK stateless"),
+            "handle_vs_sdk_stateless": pair(
+                mg, "calls_per_s", "handle", "sdk_stateless", "SDK stateless"
+            ),
+            "no_handle_vs_sdk_stateless": pair(
+                mg, "calls_per_s", "no_handle", "sdk_stateless", "SDK stateless"
+            ),
         }
         for key, limit, sign, what in HTTP_TARGETS:
             name = key.format(m=m)
             value = http["ratios"][name]
-            ours, base, base_label = figures[name.split(".", 1)[1]]
+            ours, base, base_label, ours_cpu, base_cpu = figures[name.split(".", 1)[1]]
             unit = "memory" if "memory" in name else "per_s"
+            shown = f"ours {_figure(ours, unit)} vs {base_label} {_figure(base, unit)}"
+            if ours_cpu is not None and base_cpu is not None:
+                shown += f" (server CPU {ours_cpu:,.0f} vs {base_cpu:,.0f} µs per op)"
             checks.append(
                 {
                     "section": "http",
                     "target": what.format(M=label),
-                    "figures": f"ours {_figure(ours, unit)} vs {base_label} {_figure(base, unit)}",
+                    "figures": shown,
                     "value": value,
                     "limit": limit,
                     "met": value >= limit if sign == ">=" else value <= limit,
@@ -514,12 +521,18 @@ def http_checks(http: dict[str, Any] | None) -> list[dict[str, Any]]:
 def million_checks(million: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The one-million rows: met/missed for the keys present, pending for the others."""
     checks: list[dict[str, Any]] = []
+    million = dict(million or {})
+    growth = million.get("ops_ratio")
+    if "cost_growth" not in million and isinstance(growth, dict) and growth:
+        million["cost_growth"] = max(growth.values())  # the worst operation
     for key, limit, unit, what in MILLION_TARGETS:
-        value = None if not million else million.get(key)
-        if not isinstance(value, int | float):
+        value = million.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
             checks.append(_pending("million", what, "million"))
             continue
         shown = f"{value / 1024:.2f} KB" if unit == "bytes" else f"{value:.4g} {unit}".strip()
+        if key == "cost_growth" and isinstance(growth, dict):
+            shown = ", ".join(f"{op} {r:.2f}x" for op, r in growth.items())
         checks.append(
             {
                 "section": "million",

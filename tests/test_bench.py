@@ -164,18 +164,23 @@ def test_report_without_sections_shows_pending_core_million_and_http_rows() -> N
     assert {t["section"] for t in pending} == {"core", "http", "million"}
     markdown = render(results)
     assert "## Targets" in markdown and "pending: run `python -m bench --only million`" in markdown
+    assert "pending: run `python -m bench --only core`" in markdown
     assert "## One million" not in markdown
 
 
 def test_report_renders_a_million_section_and_checks_its_targets() -> None:
     million = {
-        "sessions": 1_000_000,
+        "n": 1_000_000,
+        "gc": "freeze",
         "per_session_rss_bytes": 4000.0,
         "create_seconds": 75.0,
         "stall_idle_ms": 12.0,
         "stall_expiry_ms": 250.0,
         "early": 0,
-        "lateness_ms": {"p50": 3.0, "p99": 40.0, "max": 90.0},
+        "lateness_s": {"p50": 0.003, "p99": 0.04, "p100": 0.09},
+        "ops_1k": {"create": 20_000.0, "call": 15_000.0},
+        "ops_1m": {"create": 30_000.0, "call": 45_000.0},
+        "ops_ratio": {"create": 1.5, "call": 3.0},
     }
     results = _million_results(million)
     rows = {t["target"]: t for t in results["targets"] if t["section"] == "million"}
@@ -183,12 +188,17 @@ def test_report_renders_a_million_section_and_checks_its_targets() -> None:
     assert rows["1,000,000 sessions created in <= 60 s"]["met"] is False
     assert rows["longest event-loop stall while 1M expire at once <= 100 ms"]["met"] is False
     assert rows["no session expires early"]["met"] is True
-    assert rows["per-operation cost at 1M <= 2x the cost at 1k"]["value"] is None  # not given
+    growth = rows["per-operation cost at 1M <= 2x the cost at 1k"]
+    assert growth["value"] == 3.0 and growth["met"] is False  # the worst operation
+    assert rows["longest event-loop stall while 1M idle <= 50 ms"]["met"] is True
     markdown = render(results)
     assert "## One million live sessions" in markdown
+    assert "| live sessions | 1,000,000 |" in markdown
     assert "| RSS per idle session | 3.91 KB (4,000 B) |" in markdown
-    assert "| lateness_ms | p50 3, p99 40, max 90 |" in markdown
-    assert "**missed**" in markdown and "pending" in markdown
+    assert "| lateness | p50 3 ms, p99 40 ms, p100 90 ms |" in markdown
+    assert "| call | 15.0 µs | 45.0 µs | 3.00x |" in markdown
+    assert "| gc | freeze |" in markdown
+    assert "**missed**" in markdown
 
 
 def test_million_section_is_skipped_while_its_module_does_not_exist(
