@@ -30,7 +30,7 @@ def test_no_private_names_leak() -> None:
 #: serving it with hypercorn.
 ADAPTER_LAYERS = [
     {"_session", "_asgi"},
-    {"_handles", "_checks", "_auth"},
+    {"_handles", "_checks", "_auth", "_transport"},
     {"_demo", "_memory", "_stdio", "_http_session", "_websocket"},
     {"_http"},
     {"_serving"},

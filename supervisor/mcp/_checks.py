@@ -5,9 +5,9 @@ A check that refuses a request answers it with a JSON-RPC error body (see `_asgi
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 from mcp_types import INVALID_REQUEST
@@ -137,16 +137,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _disconnect_after(gone: trio.Event) -> Receive:
-    """A ``receive`` that returns ``http.disconnect`` once ``gone`` is set (see `_watch`)."""
-
-    async def receive() -> ASGIMessage:
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
 async def _read_request_body(
     scope: Scope, receive: Receive, send: Send, *, limit: int, within: float
 ) -> bytes | None:
@@ -170,43 +160,11 @@ async def _read_request_body(
     return None if disconnected else body
 
 
-def _is_initialized_notification(body: bytes) -> bool:
-    if b"notifications/initialized" not in body:
-        return False
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError):
-        return False
-    return (
-        isinstance(decoded, dict)
-        and decoded.get("method") == "notifications/initialized"
-        and "id" not in decoded
-    )
-
-
-def _is_initialize(body: bytes) -> bool | None:
-    """True for an ``initialize`` request, False for other JSON, None for malformed JSON."""
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+def _is_initialize(decoded: Any) -> bool:
+    """Whether a parsed body is an ``initialize`` request."""
     return (
         isinstance(decoded, dict)
         and decoded.get("method") == "initialize"
         and "id" in decoded
         and decoded.get("jsonrpc") == "2.0"
     )
-
-
-def _request_id(body: bytes) -> str | int | None:
-    """The id of the JSON-RPC request in ``body`` (``None``: not a single request)."""
-    try:
-        decoded = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(decoded, dict) or "method" not in decoded:
-        return None
-    request_id = decoded.get("id")
-    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
-        return None
-    return request_id

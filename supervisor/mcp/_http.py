@@ -17,11 +17,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, suppress
 from typing import TYPE_CHECKING, Any, final
 
-import trio
 from mcp.server._streamable_http_modern import handle_modern_request
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http import EventStore
@@ -37,7 +36,6 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from .. import (
     LIVE_STATES,
     CapacityError,
-    SessionClosed,
     SessionNotFound,
     SupervisorClosed,
     Transport,
@@ -56,7 +54,6 @@ from ._checks import (
     DEFAULT_ALLOWED_HOSTS,
     DEFAULT_ALLOWED_ORIGINS,
     DEFAULT_MAX_BODY_SIZE,
-    _disconnect_after,
     _is_initialize,
     _origin_ok,
     _path_ok,
@@ -66,8 +63,9 @@ from ._checks import (
 )
 from ._handles import _MARK as _HANDLE_MARK
 from ._handles import serving_stateless
-from ._http_session import _HttpExchange, _run_http_session, _watch
+from ._http_session import _HttpSession, _run_http_session, _run_request, _SessionEventStore
 from ._session import ServerSource, resolve_server
+from ._transport import _UNPARSED, _Wire, parse
 from ._websocket import _deny, serve_websocket_connection
 
 if TYPE_CHECKING:
@@ -246,6 +244,8 @@ class McpHttpApp:
         self.body_timeout = body_timeout
         self.websocket = websocket
         self._active: dict[str, int] = {}
+        #: What the app shares with each live HTTP session's actor (its wire, its requests).
+        self._sessions: dict[str, _HttpSession] = {}
         #: Sessions with an open GET stream of server-to-client messages.
         self._streams: set[str] = set()
         self._refused_sessions = _Refusals("refused a new session")
@@ -332,6 +332,12 @@ class McpHttpApp:
     def _www_authenticate(self) -> tuple[str, str]:
         return _www_authenticate(self.resource_metadata_url)
 
+    def _session(self, session_id: str, principal: Principal | None) -> _HttpSession | None:
+        """The live HTTP session for this id and principal, or None (answered with 404)."""
+        if self._lookup(session_id, principal) is None:
+            return None
+        return self._sessions.get(session_id)
+
     def _lookup(self, session_id: str, principal: Principal | None) -> Session | None:
         """The live session for this id and principal, or None (answered with 404)."""
         try:
@@ -397,25 +403,15 @@ class McpHttpApp:
             if session_id is None:
                 await _rpc_error(send, 400, INVALID_REQUEST, "Bad Request: Missing session ID")
                 return
-            if self._lookup(session_id, principal) is None:
+            session = self._session(session_id, principal)
+            if session is None:
                 await self._not_found(send)
                 return
             if method == "DELETE":
                 self.supervisor.close_session(session_id, reason=DELETED)
                 await _respond(send, 200)
             else:
-                last_event_id = _header(scope, b"last-event-id")
-                resumes = bool(last_event_id) and self.event_store is not None
-                if last_event_id is not None and not resumes:
-                    # Nothing to resume from (no store, or an empty id): serve a fresh stream
-                    # (the SDK transport would answer nothing at all for the first).
-                    scope = dict(scope)
-                    scope["headers"] = [
-                        (k, v) for k, v in scope.get("headers", ()) if k != b"last-event-id"
-                    ]
-                standalone = not resumes
-                exchange = _HttpExchange(scope, receive, send, standalone=standalone)
-                await self._exchange(session_id, exchange)
+                await self._get(scope, receive, send, session_id, session)
         else:
             await _rpc_error(
                 send,
@@ -476,25 +472,27 @@ class McpHttpApp:
         body = await self._read(scope, receive, send)
         if body is None:
             return
-        # With JSON responses nothing in the SDK listens for a disconnect: `_exchange` does.
-        gone = trio.Event() if self.json_response else None
-        replayed = _replay(body, receive if gone is None else _disconnect_after(gone))
         if session_id is not None:
-            if self._lookup(session_id, principal) is None:
+            known = self._session(session_id, principal)
+            if known is None:
                 await self._not_found(send)
                 return
-            exchange = _HttpExchange(scope, replayed, send, body=body, gone=gone)
-            await self._exchange(session_id, exchange, watch=(receive, gone))
+            wire = known.wire
+
+            async def post(release: Callable[[], None]) -> None:
+                await wire.post(scope, receive, send, body, _UNPARSED)
+
+            await self._request(session_id, known, post, send)
             return
-        opening = _is_initialize(body)
-        if opening is None:
+        raw = parse(body)
+        if raw is _UNPARSED:
             await _rpc_error(send, 400, PARSE_ERROR, "Parse error: malformed JSON")
             return
-        if not opening:
+        if not _is_initialize(raw):
             await _rpc_error(send, 400, INVALID_REQUEST, "Bad Request: Missing session ID")
             return
         try:
-            session = self.supervisor.create_session_nowait(
+            created = self.supervisor.create_session_nowait(
                 self._actor, transport=Transport.HTTP, principal=principal
             )
         except (CapacityError, SupervisorClosed) as exc:
@@ -507,47 +505,74 @@ class McpHttpApp:
                 headers=[("Retry-After", str(self.retry_after))],
             )
             return
-        if principal is not None and not session.is_authenticated:
-            self.supervisor.authenticate_session(session.id, principal)
-        exchange = _HttpExchange(scope, replayed, send, body=body, gone=gone)
-        try:
-            await self._exchange(session.id, exchange, watch=(receive, gone))
-        finally:
-            if not exchange.initialize_accepted:
-                # Without a session id only initialize can succeed; a refused one leaves nothing.
-                self.supervisor.close_session(session.id, reason="init-failed")
+        # Before the actor's first step (no checkpoint since the session was created).
+        store = None if self.event_store is None else _SessionEventStore(self.event_store)
+        wire = _Wire(
+            created.id,
+            json_response=self.json_response,
+            event_store=store,
+            retry_interval=self.retry_interval,
+        )
+        session = self._sessions[created.id] = _HttpSession(wire)
+        if principal is not None and not created.is_authenticated:
+            self.supervisor.authenticate_session(created.id, principal)
 
-    async def _exchange(
+        async def opening(release: Callable[[], None]) -> None:
+            await wire.post(scope, receive, send, body, raw)
+
+        try:
+            await self._request(created.id, session, opening, send)
+        finally:
+            handshake = session.handshake
+            if handshake is None or not (handshake.done or handshake.accepted is not None):
+                # Without a session id only initialize can succeed; a refused one leaves nothing.
+                self.supervisor.close_session(created.id, reason="init-failed")
+
+    async def _get(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, session: _HttpSession
+    ) -> None:
+        """A GET: the stream of server-to-client messages, or (``Last-Event-ID``) a replay."""
+        last_event_id = _header(scope, b"last-event-id")
+        if last_event_id and self.event_store is not None:
+            # A resumed stream counts as a request until it is known to be the GET stream.
+            async def replay(release: Callable[[], None]) -> None:
+                await session.wire.replay(scope, receive, send, last_event_id, release)
+
+            await self._request(session_id, session, replay, send)
+            return
+        # Nothing to resume from (no store, or an empty id): a fresh stream. It is not a
+        # request: it neither pauses the idle clock nor counts against the per-session limit.
+        if session_id in self._streams:
+            await _rpc_error(
+                send, 409, INVALID_REQUEST, "Conflict: Only one SSE stream is allowed per session"
+            )
+            return
+        self._streams.add(session_id)
+        try:
+
+            async def stream(release: Callable[[], None]) -> None:
+                await session.wire.get(scope, receive, send)
+
+            if not await _run_request(self.supervisor, session_id, session, stream, pinned=False):
+                await self._not_found(send)
+        finally:
+            self._streams.discard(session_id)
+
+    async def _request(
         self,
         session_id: str,
-        exchange: _HttpExchange,
-        *,
-        watch: tuple[Receive, trio.Event | None] | None = None,
+        session: _HttpSession,
+        work: Callable[[Callable[[], None]], Awaitable[None]],
+        send: Send,
     ) -> None:
-        """Run one request in its session; ``watch``: the real receive, for a JSON response."""
-        if exchange.standalone:
-            if session_id in self._streams:
-                await _rpc_error(
-                    exchange.send,
-                    409,
-                    INVALID_REQUEST,
-                    "Conflict: Only one SSE stream is allowed per session",
-                )
-                return
-            self._streams.add(session_id)
-            try:
-                await self._call(session_id, exchange)
-            finally:
-                exchange.cancel_scope.cancel()
-                self._streams.discard(session_id)
-            return
+        """Run one request of a session in this task; 429 past ``max_requests_per_session``."""
         active = self._active.get(session_id, 0)
         if active >= self.max_requests_per_session:
             self._refused_requests.note(
                 f"session {short_id(session_id)}... has {active} requests in flight: 429"
             )
             await _rpc_error(
-                exchange.send,
+                send,
                 429,
                 INTERNAL_ERROR,
                 "Too Many Requests: too many requests in flight for this session",
@@ -556,33 +581,14 @@ class McpHttpApp:
             return
         self._active[session_id] = active + 1
         try:
-            if watch is not None and (gone := watch[1]) is not None:
-                receive = watch[0]
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch, receive, exchange, gone, nursery.cancel_scope)
-                    await self._call(session_id, exchange)
-                    nursery.cancel_scope.cancel()
-            else:
-                await self._call(session_id, exchange)
+            if not await _run_request(self.supervisor, session_id, session, work, pinned=True):
+                await self._not_found(send)
         finally:
-            exchange.cancel_scope.cancel()
             remaining = self._active[session_id] - 1
             if remaining:
                 self._active[session_id] = remaining
             else:
                 del self._active[session_id]
-
-    async def _call(self, session_id: str, exchange: _HttpExchange) -> None:
-        try:
-            await self.supervisor.call(session_id, exchange)
-        except (SessionNotFound, SessionClosed):
-            if exchange.status is None:
-                await self._not_found(exchange.send)
-            return
-        if not exchange.done.is_set():  # a stream: the call was answered when it started
-            await exchange.done.wait()
-        if exchange.error is not None:
-            raise exchange.error
 
     async def _stateless_request(
         self,
@@ -619,10 +625,10 @@ class McpHttpApp:
     # -- the session actor (see `_http_session`) ----------------------------------------------
 
     async def _actor(self, ctx: SessionContext[Any]) -> None:
-        await _run_http_session(
-            ctx,
-            self.server,
-            event_store=self.event_store,
-            json_response=self.json_response,
-            retry_interval=self.retry_interval,
-        )
+        session = self._sessions.get(ctx.id)
+        if session is None:  # pragma: no cover - registered before the actor's first step
+            return
+        try:
+            await _run_http_session(ctx, self.server, session)
+        finally:
+            del self._sessions[ctx.id]

@@ -1,108 +1,95 @@
-"""The HTTP session actor: one session's requests (exchanges), its drain, its event store view.
+"""The HTTP session actor: one session's requests, its drain, its event store view.
 
-`McpHttpApp` creates one supervised session per ``initialize``, whose actor is
-`_run_http_session`; each HTTP request of the session reaches the actor as an `_HttpExchange`
-through `Supervisor.call` and runs in the SDK's `StreamableHTTPServerTransport` of the session.
+`McpHttpApp` creates one supervised session per ``initialize``, with an `_HttpSession` that it
+and the session's actor (`_run_http_session`) share: the session's lean wire (`_transport._Wire`)
+and the count of its requests in flight. The actor runs the SDK's protocol loop over the wire;
+each HTTP request of the session runs in its own task (the ASGI server's), counted in by
+`_HttpSession.enter` (the idle clock paused, as for a `Supervisor.call`), and does its wire work
+there.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
-from functools import partial
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, final
 
-import anyio
-import attrs
 import trio
 from mcp.server.streamable_http import (
     GET_STREAM_KEY,
     EventCallback,
     EventMessage,
     EventStore,
-    StreamableHTTPServerTransport,
 )
-from mcp.shared.message import SessionMessage
-from mcp_types import JSONRPCNotification
 
-from .. import SessionClosed, Transport
-from ._asgi import ASGIMessage, Receive, Scope, Send
-from ._checks import _is_initialized_notification, _request_id
+from .. import SessionClosed, SessionNotFound, Transport
 from ._session import ServerSource, _Handshake, _serve_session
+from ._transport import _RELEASE as _RELEASE
+from ._transport import _Wire
 
 if TYPE_CHECKING:
-    from .. import Message, SessionContext
+    from .. import Message, SessionContext, Supervisor
 
 logger = logging.getLogger("supervisor.mcp")
 
-#: Seconds to hand the server the cancellation of a request whose client disconnected.
-_CANCEL_NOTICE_TIMEOUT = 1.0
-
-
-async def _watch(
-    receive: Receive, exchange: _HttpExchange, gone: trio.Event, cancel_scope: trio.CancelScope
-) -> None:
-    """Wait for the client to disconnect (the body has been read), then set ``gone`` and cancel.
-
-    After the body, ``http.disconnect`` is the only message ASGI servers send; anything else
-    ends the watch (a loop over a receive that answers at once would never yield). A server
-    may report ``http.disconnect`` as soon as the response is complete (hypercorn does): that
-    is the exchange's normal end, not a client that went away, so it cancels nothing.
-    """
-    message = await receive()
-    if message["type"] == "http.disconnect" and not exchange.complete:
-        gone.set()
-        cancel_scope.cancel()
-
 
 @final
-@attrs.define(slots=True, eq=False)
-class _HttpExchange:
-    """One HTTP request handed to a session actor through `Supervisor.call`.
+class _HttpSession:
+    """What the app and the actor of one HTTP session share.
 
-    The call is answered when the request's response is complete, except for a GET stream of
-    server-to-client messages (``standalone``, or a resumed one): that is not a request, so
-    the actor answers the call as soon as the stream starts (the session's idle clock runs on)
-    and the app waits for ``done``.
+    The app creates it with the session (the actor gets it as an argument); the actor sets
+    ``ctx`` when it starts and ``closed`` when it stops taking requests. `enter`/`leave` count
+    a request in and out: in flight for the drain, and (``pinned``) busy for the idle clock.
     """
 
-    scope: Scope
-    receive: Receive
-    send: Send
-    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    status: int | None = None
-    #: Set by the actor: the session's server has accepted ``initialize`` (or more).
-    initialize_accepted: bool = False
-    #: The POST body, when the app has read it.
-    body: bytes | None = None
-    #: A GET without ``Last-Event-ID``: the session's stream of server-to-client messages.
-    standalone: bool = False
-    #: Set by the actor when it has finished with this request (whatever the outcome).
-    done: trio.Event = attrs.field(factory=trio.Event)
-    #: What the transport raised after the call was answered early.
-    error: Exception | None = None
-    #: JSON responses only: set when the client disconnects before its response.
-    gone: trio.Event | None = None
-    #: The whole response has been handed to the server.
-    complete: bool = False
+    __slots__ = ("_idle", "count", "ctx", "draining", "handshake", "wire")
 
-    async def tracking_send(self, message: ASGIMessage) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = int(message["status"])
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            self.complete = True
-        await self.send(message)
+    def __init__(self, wire: _Wire) -> None:
+        self.wire = wire
+        self.ctx: SessionContext[Any] | None = None
+        self.handshake: _Handshake | None = None
+        #: A deadline fired or a close began: no new requests (404).
+        self.draining = False
+        self.count = 0
+        self._idle: trio.Event | None = None
 
+    def enter(self, pinned: bool) -> AbstractContextManager[None] | None:
+        """Count a request in; returns the busy block to hand back to `leave` (None: unpinned).
 
-#: While an exchange runs in its session: answers its call early (see `_HttpExchange`).
-_RELEASE: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "supervisor_mcp_http_release", default=None
-)
+        Raises:
+            SessionClosed: the session takes no more requests.
+        """
+        ctx = self.ctx
+        if ctx is None or self.draining or self.wire.inbox.closed:
+            raise SessionClosed("the session takes no more requests")
+        busy: AbstractContextManager[None] | None = None
+        if pinned:
+            busy = ctx.busy()
+            busy.__enter__()
+        self.count += 1
+        return busy
+
+    def release(self, busy: AbstractContextManager[None] | None) -> None:
+        """The request no longer pauses the idle clock (a stream, not a request)."""
+        if busy is not None:
+            busy.__exit__(None, None, None)
+
+    def leave(self, busy: AbstractContextManager[None] | None) -> None:
+        self.release(busy)
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+            self._idle = None
+
+    async def idle(self) -> None:
+        """Wait until no request is in flight."""
+        if self.count:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
 
 
 @final
@@ -161,22 +148,18 @@ class _SessionEventStore(EventStore):
 async def _run_http_session(
     ctx: SessionContext[Any],
     server: ServerSource,
-    *,
-    event_store: EventStore | None,
-    json_response: bool,
-    retry_interval: int | None,
+    session: _HttpSession,
 ) -> None:
-    """The actor of one HTTP session: serves its exchanges until the session ends, then drains."""
-    store = None if event_store is None else _SessionEventStore(event_store)
-    transport = StreamableHTTPServerTransport(
-        mcp_session_id=ctx.id,
-        is_json_response_enabled=json_response,
-        event_store=store,
-        retry_interval=retry_interval,
-    )
+    """The actor of one HTTP session: serves the protocol loop until the session ends, then drains.
+
+    Its mailbox only wakes it: a request that comes before the actor has started waits for it
+    with a `Supervisor.call`, answered at once.
+    """
+    wire = session.wire
     guard = _Guard(ctx)
-    flights = _Flights()
     handshake = _Handshake(ctx=ctx, track_busy=False)
+    session.handshake = wire.handshake = handshake
+    session.ctx = ctx
     serving = trio.CancelScope()
     expiring: list[trio.Event] = []  # set when the drain after a deadline is over
     error: BaseException | None = None
@@ -184,36 +167,32 @@ async def _run_http_session(
         watcher.start_soon(guard.watch)
         try:
             with guard.scope:
-                async with (
-                    transport.connect() as (read_stream, write_stream),
-                    trio.open_nursery() as requests,
-                ):
+                async with trio.open_nursery() as tasks:
 
                     def on_message(message: Message[Any]) -> None:
                         if guard.expired.is_set():
-                            # A deadline fired: the session drains; no new requests.
                             message.fail(SessionClosed("the session is ending"))
-                            return
-                        requests.start_soon(
-                            flights.run, _serve_exchange, transport, handshake, message
-                        )
+                        elif message.expects_reply:
+                            message.reply(None)
 
                     async def drain(cut: Callable[[], None]) -> None:
                         # Asked to close (DELETE, close_session, shutdown).
-                        await _drain(transport, flights, cut, guard.begin_close())
+                        session.draining = True
+                        await _drain(wire, session, cut, guard.begin_close())
 
                     async def expire(drained: trio.Event) -> None:
                         # A deadline fired (idle, init, lifetime): the same drain. Its cut
                         # ends the protocol loop (and `_serve_session`) at once.
                         try:
-                            await _drain(transport, flights, serving.cancel, guard.deadline)
+                            await _drain(wire, session, serving.cancel, guard.deadline)
                         finally:
                             serving.cancel()
                             drained.set()
 
                     def on_expiry() -> None:
+                        session.draining = True
                         expiring.append(trio.Event())
-                        requests.start_soon(expire, expiring[0])
+                        tasks.start_soon(expire, expiring[0])
 
                     guard.on_expiry = on_expiry
                     try:
@@ -221,8 +200,8 @@ async def _run_http_session(
                             await _serve_session(
                                 ctx,
                                 server,
-                                read_stream,
-                                write_stream,
+                                wire.inbox,
+                                wire.outbox,
                                 handshake,
                                 transport=Transport.HTTP,
                                 handshake_only=True,
@@ -231,17 +210,20 @@ async def _run_http_session(
                             )
                     finally:
                         guard.on_expiry = None
+                        session.draining = True
                         try:
                             if expiring:
                                 # Requests cut by the drain are still being answered.
                                 await expiring[0].wait()
                         finally:
-                            # Leaving transport.connect() closes the session's streams.
-                            # (Not terminate(): it logs the full session id at INFO.)
-                            requests.cancel_scope.cancel()
+                            # Every stream still open ends (a JSON request still waiting is
+                            # answered as the SDK answers it); the protocol loop reads EOF.
+                            wire.close()
+                            tasks.cancel_scope.cancel()
         except BaseException as exc:
             error = exc
         finally:
+            wire.close()
             guard.finished = True
             watcher.cancel_scope.cancel()
     if error is not None:
@@ -311,10 +293,7 @@ class _Guard:
 
 
 async def _drain(
-    transport: StreamableHTTPServerTransport,
-    flights: _Flights,
-    cut: Callable[[], None],
-    deadline: float,
+    wire: _Wire, session: _HttpSession, cut: Callable[[], None], deadline: float
 ) -> None:
     """Drain a closing session's requests by ``deadline``.
 
@@ -324,116 +303,51 @@ async def _drain(
     """
     margin = min(_CUT_MARGIN, max(0.0, deadline - trio.current_time()) / 4)
     with trio.move_on_at(deadline - margin):
-        while flights.count:
+        while session.count:
             # Again and again: a GET that was on its way in registers its stream only once its
             # response has started.
-            transport.close_standalone_sse_stream()
+            wire.close_standalone_sse_stream()
             with trio.move_on_after(_GET_RECHECK):
-                await flights.idle()
-    if flights.count:
+                await session.idle()
+    if session.count:
         cut()
         with trio.move_on_at(deadline):
-            await flights.idle()
+            await session.idle()
 
 
-@final
-class _Flights:
-    """Counts a session's HTTP requests in flight; `idle` waits until there are none."""
+async def _run_request(
+    supervisor: Supervisor,
+    session_id: str,
+    session: _HttpSession,
+    work: Callable[[Callable[[], None]], Awaitable[None]],
+    *,
+    pinned: bool,
+) -> bool:
+    """Run one HTTP request of ``session`` in the calling task, counted in flight.
 
-    __slots__ = ("_idle", "count")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = trio.Event()
-        self._idle.set()
-
-    async def run(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        if self.count == 0:
-            self._idle = trio.Event()
-        self.count += 1
-        try:
-            await fn(*args)
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    async def idle(self) -> None:
-        await self._idle.wait()
-
-
-def _answer(message: Message[Any], value: Any) -> None:
-    if message.expects_reply:
-        message.reply(value)
-
-
-async def _handle_json_request(
-    transport: StreamableHTTPServerTransport, exchange: _HttpExchange, gone: trio.Event
-) -> None:
-    """``handle_request`` for a JSON response; a client that disconnects cancels its request.
-
-    With a JSON response nothing can reach the client once it has gone (there is no stream to
-    resume), so the handler's work is for nobody: the server is told the request is cancelled
-    (``notifications/cancelled``, as if the client had sent it), which cancels the handler.
-    The app cancels this exchange as soon as it sees the disconnect, so the notice is sent on
-    the way out, shielded and bounded; for a request already answered the server ignores it.
+    ``work(release)`` does the wire work; ``release()`` ends its pause of the idle clock early
+    (a resumed GET that turns out to be the stream of server-to-client messages). A request
+    that comes before the actor has started waits for it (a `Supervisor.call`, answered at
+    once). Returns False, with nothing sent, when the session takes no more requests (the app
+    answers 404).
     """
-    try:
-        await transport.handle_request(exchange.scope, exchange.receive, exchange.tracking_send)
-    finally:
-        if gone.is_set() and not exchange.complete and exchange.body is not None:
-            request_id = _request_id(exchange.body)
-            writer = transport._read_stream_writer
-            if request_id is not None and writer is not None:
-                params = {"requestId": request_id, "reason": "the client disconnected"}
-                notice = JSONRPCNotification(
-                    jsonrpc="2.0", method="notifications/cancelled", params=params
-                )
-                with (
-                    trio.move_on_after(_CANCEL_NOTICE_TIMEOUT, shield=True),
-                    suppress(anyio.ClosedResourceError, anyio.BrokenResourceError),
-                ):
-                    await writer.send(SessionMessage(notice))
-
-
-async def _serve_exchange(
-    transport: StreamableHTTPServerTransport, handshake: _Handshake, message: Message[Any]
-) -> None:
-    exchange = message.payload
-    if not isinstance(exchange, _HttpExchange):
-        message.fail(TypeError(f"an MCP HTTP session takes HTTP exchanges, not {exchange!r}"))
-        return
-    try:
-        if exchange.standalone:
-            # The stream of server-to-client messages is not a request: answered now, so
-            # the session's idle clock runs on while it is open.
-            _answer(message, None)
-        else:
-            _RELEASE.set(partial(_answer, message, None))
-        if (
-            exchange.body is not None
-            and handshake.accepted is not None
-            and _is_initialized_notification(exchange.body)
-        ):
-            # Recorded before the transport answers 202 (it dispatches the notification only
-            # after sending the response), so a client that sees 202 sees a READY session.
-            handshake.client_initialized()
+    if session.ctx is None:
         try:
-            with exchange.cancel_scope:
-                if exchange.gone is None:
-                    await transport.handle_request(
-                        exchange.scope, exchange.receive, exchange.tracking_send
-                    )
-                else:
-                    await _handle_json_request(transport, exchange, exchange.gone)
-        except Exception as exc:
-            logger.exception("MCP HTTP request failed")
-            if message.expects_reply:
-                message.fail(exc)
-            else:
-                exchange.error = exc
-            return
-        exchange.initialize_accepted = handshake.done or handshake.accepted is not None
-        _answer(message, exchange.status)
+            await supervisor.call(session_id, None)
+        except (SessionNotFound, SessionClosed):
+            return False
+    try:
+        busy = session.enter(pinned)
+    except SessionClosed:
+        return False
+    held: list[AbstractContextManager[None] | None] = [busy]
+
+    def release() -> None:
+        busy, held[0] = held[0], None
+        session.release(busy)
+
+    try:
+        await work(release)
     finally:
-        exchange.done.set()
+        session.leave(held[0])
+    return True
