@@ -143,7 +143,8 @@ def seen(sent: list[MutableMapping[str, Any]]) -> tuple[int, list[tuple[bytes, b
 
 
 def session_of(sent: list[MutableMapping[str, Any]]) -> str:
-    return dict(sent[0]["headers"])[b"mcp-session-id"].decode()
+    session_id: bytes = dict(sent[0]["headers"])[b"mcp-session-id"]
+    return session_id.decode()
 
 
 INIT = {
@@ -227,6 +228,41 @@ async def test_priming_events_and_retry_look_as_the_sdks() -> None:
         assert seen(a) == seen(b)
         assert b"retry: 250\r\n" in seen(a)[2]
         assert seen(a)[2].startswith(b"id: <event>\r\ndata: \r\nretry: 250\r\n\r\n")
+
+
+async def test_an_open_get_stream_gets_a_keep_alive_comment_every_15_seconds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with both() as (ours, sdk):
+        mine, _ = await open_both(ours, sdk)
+        sent: list[MutableMapping[str, Any]] = []
+        gone = trio.Event()
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/mcp",
+            "headers": [
+                (b"host", b"127.0.0.1:8000"),
+                (b"accept", b"text/event-stream"),
+                (b"mcp-session-id", mine.encode()),
+            ],
+        }
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ours, scope, receive, send)
+            await trio.sleep(31)
+            pings = [m["body"] for m in sent[1:] if m["body"].startswith(b": ping - ")]
+            assert len(pings) == 2
+            assert all(ping.endswith(b"\r\n\r\n") for ping in pings)
+            gone.set()  # the client leaves: the stream ends without a last chunk
+        assert sent[-1].get("more_body") is True
 
 
 # -- the pieces ------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Streamable HTTP (and WebSocket) front end: `McpHttpApp`, the ASGI app that routes requests.
 
-The supervisor owns the sessions; the SDK's `StreamableHTTPServerTransport` is reused per session,
-inside the session actor (`_http_session`), for the wire format of one session (SSE or JSON
-responses, the GET stream). The SDK's session manager is not used for the stateful era. Requests
-of the stateless 2026-07-28 era (``MCP-Protocol-Version: 2026-07-28``) go to the SDK's
-single-exchange entry.
+The supervisor owns the sessions; each session speaks the wire format (SSE or JSON responses, the
+GET stream, resumability) through a lean transport of the adapter's own (`_transport`), shared
+with the session's actor (`_http_session`), which runs the SDK's protocol loop over it. The SDK's
+session manager and its per-session transport are not used for the stateful era. Requests of the
+stateless 2026-07-28 era (``MCP-Protocol-Version: 2026-07-28``) go to the SDK's single-exchange
+entry.
 
-The app checks each request (`_checks`, `_auth`), then routes it: to a session's actor
+The app checks each request (`_checks`, `_auth`), then routes it: to a session
 (`_http_session`), to the stateless entry, or, for a WebSocket, to `_websocket`. Serving it with
 hypercorn is `_serving`.
 """
@@ -150,9 +151,9 @@ class McpHttpApp:
 
     Every refusal carries a JSON-RPC error body (401 an OAuth-style one); a token verifier
     that raises, or returns anything but a ``str`` or ``None``, is a 500 (logged, nothing
-    reserved). Each request of a session runs in that session's actor as a `Supervisor.call`,
-    so it counts as in flight (the idle clock is paused) while it runs; a client that
-    disconnects ends its request's call, and the session idles out as usual; with JSON
+    reserved). Each request of a session runs in its own task, counted in flight with its
+    session (the idle clock is paused, as for a `Supervisor.call`) while it runs; a client that
+    disconnects ends its request, and the session idles out as usual; with JSON
     responses its handler is cancelled too (nothing can reach the client any more), with SSE
     it runs on (a disconnect is not a cancellation, the spec's rule: the stream may resume).
     The GET stream of server-to-client messages is not a request: it neither pauses the idle

@@ -96,15 +96,15 @@ class _HttpSession:
 class _SessionEventStore(EventStore):
     """One session's view of the app's (shared) event store: resumable streams stay private.
 
-    The SDK transport names streams by JSON-RPC request id (``"2"``) or ``"_GET_stream"``, the
-    same in every session, and replays whatever the store returns for a ``Last-Event-ID``. So
-    each session gets a random namespace of its own (not derived from the session id, which
-    must not reach the store or the wire): stream ids and event ids are stored and handed out
-    prefixed with it, and an event id without this session's prefix (another session's, or
-    another principal's, or a made-up one) is refused exactly like an unknown id: nothing is
-    replayed. The store must replay only events of the given event's stream (the SDK's
-    contract, and what its example store does); a replay it reports for another stream is
-    dropped whole.
+    The wire, as the SDK's transport, names streams by JSON-RPC request id (``"2"``) or
+    ``"_GET_stream"``, the same in every session, and replays whatever the store returns for a
+    ``Last-Event-ID``. So each session gets a random namespace of its own (not derived from the
+    session id, which must not reach the store or the wire): stream ids and event ids are
+    stored and handed out prefixed with it, and an event id without this session's prefix
+    (another session's, or another principal's, or a made-up one) is refused exactly like an
+    unknown id: nothing is replayed. The store must replay only events of the given event's
+    stream (the SDK's contract, and what its example store does); a replay it reports for
+    another stream is dropped whole.
     """
 
     __slots__ = ("_inner", "_prefix")
