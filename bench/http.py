@@ -44,6 +44,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -622,8 +624,11 @@ class Server:
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
-    def profile(self, path: Path, run: Callable[[], Any]) -> Any:
-        """``run()`` with the server under cProfile; the stats go to ``path``."""
+    def profile(self, path: Path, run: Callable[[], Any], profiler: str = "cProfile") -> Any:
+        """``run()`` with the server profiled (cProfile in its trio thread, or py-spy from
+        outside, sampling at `PYSPY_RATE`); the profile goes to ``path``."""
+        if profiler == "py-spy":
+            return self._py_spy(path, run)
         self.command("profile-on")
         try:
             return run()
@@ -633,6 +638,31 @@ class Server:
             answer = self.proc.stdout.readline().strip()
             if answer != "PROFILED":
                 raise RuntimeError(f"{self.kind} server: no profile written ({answer!r})")
+
+    def _py_spy(self, path: Path, run: Callable[[], Any]) -> Any:
+        exe = py_spy()
+        assert exe is not None
+        args = ["record", "--pid", str(self.proc.pid), "--rate", str(PYSPY_RATE), "--format"]
+        args += ["raw", "--output", str(path), "--nonblocking", "--full-filenames"]
+        spy = subprocess.Popen(
+            [exe, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(0.25)  # attached before the run starts
+            return run()
+        finally:
+            spy.send_signal(signal.SIGINT)  # by its PID: it writes the profile and exits
+            try:
+                _, err = spy.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
+                raise
+            if not path.exists():
+                raise RuntimeError(f"py-spy wrote no profile of {self.kind}: {err[-500:]}")
 
     def stop(self) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
@@ -775,7 +805,7 @@ def _url(servers: dict[str, Server], subject: Subject) -> str:
 LAYERS = (
     ("hypercorn / h11", ("/hypercorn/", "/h11/", "/h2/", "/wsproto/", "/priority/")),
     ("ours (app + transport)", ("/supervisor/",)),
-    ("bench ceiling app", ("/bench/",)),
+    ("bench app (ceiling, SDK's ASGI wrapper)", ("/bench/",)),
     ("SDK protocol (mcp)", ("/mcp/", "/mcp_types/")),
     ("pydantic", ("/pydantic/", "/pydantic_core/")),
     ("starlette / sse", ("/starlette/", "/sse_starlette/")),
@@ -798,6 +828,95 @@ def _direct_layer(func: tuple[str, int, str]) -> str | None:
         if any(needle in filename for needle in needles):
             return layer
     return None
+
+
+#: Samples per second of py-spy's profiles.
+PYSPY_RATE = 1000
+
+
+def py_spy() -> str | None:
+    """The py-spy executable beside this interpreter's, or on PATH (not a dependency)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def profiler_choice() -> str:
+    """``BENCH_PROFILER`` (``py-spy`` or ``cProfile``); default py-spy when it is installed."""
+    chosen = os.environ.get("BENCH_PROFILER", "")
+    if chosen.lower() == "cprofile":
+        return "cProfile"
+    if chosen.lower() == "py-spy" and py_spy() is None:
+        raise RuntimeError("BENCH_PROFILER=py-spy but py-spy is not installed")
+    return "py-spy" if py_spy() is not None else "cProfile"
+
+
+def _leaf_layer(func: str, filename: str) -> str | None:
+    """py-spy sees Python frames only: the frame in a C call that waits or does socket I/O."""
+    if filename.endswith("trio/_core/_io_epoll.py") and "get_events" in func:
+        return IDLE_LAYER
+    if filename.endswith("trio/_socket.py") and "_nonblocking_helper" in func:
+        return SOCKET_LAYER
+    return None
+
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*):(?P<line>\d+)\)$")
+
+
+def summarize_py_spy(path: Path, calls: int, top: int = 15) -> dict[str, Any]:
+    """Samples of the busy server by layer: each sample goes to the innermost frame of a known
+    layer (stdlib frames to the layer that called them)."""
+    layers: dict[str, float] = {}
+    functions: dict[tuple[str, str], list[Any]] = {}
+    total = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = []
+        for frame in stack.split(";"):
+            m = _FRAME.match(frame)
+            frames.append((m["func"], m["file"]) if m else (frame, "~"))
+        layer = _leaf_layer(*frames[-1])
+        for func, filename in reversed(frames):
+            if layer is not None:
+                break
+            layer = _direct_layer((filename, 0, func))
+        layer = layer or OTHER
+        if layer == IDLE_LAYER:
+            idle += count
+            continue
+        total += count
+        layers[layer] = layers.get(layer, 0.0) + count
+        func, filename = frames[-1]
+        entry = functions.setdefault((func, filename), [0, layer])
+        entry[0] += count
+    busy = total / PYSPY_RATE
+    ordered = dict(sorted(layers.items(), key=lambda kv: kv[1], reverse=True))
+    rows = sorted(functions.items(), key=lambda kv: kv[1][0], reverse=True)[:top]
+    return {
+        "profiler": "py-spy",
+        "calls": calls,
+        "samples": total,
+        "busy_seconds": busy,
+        "idle_seconds": idle / PYSPY_RATE,
+        "busy_us_per_call": busy / calls * 1e6 if calls else float("nan"),
+        "layers": {k: v / total if total else 0.0 for k, v in ordered.items()},
+        "layer_us_per_call": {
+            k: v / PYSPY_RATE / calls * 1e6 if calls else 0.0 for k, v in ordered.items()
+        },
+        "top": [
+            {
+                "function": f"{'/'.join(filename.split('/')[-2:])}({func})",
+                "layer": layer
+                if _direct_layer((filename, 0, func)) is not None
+                else f"{layer} (via caller)",
+                "self_fraction": n / total if total else 0.0,
+                "ncalls": None,
+            }
+            for (func, filename), (n, layer) in rows
+        ],
+    }
 
 
 def summarize_profile(path: Path, calls: int, top: int = 15) -> dict[str, Any]:
@@ -858,6 +977,7 @@ def summarize_profile(path: Path, calls: int, top: int = 15) -> dict[str, Any]:
             break
     ordered = dict(sorted(layers.items(), key=lambda kv: kv[1], reverse=True))
     return {
+        "profiler": "cProfile",
         "calls": calls,
         "busy_seconds": busy,
         "idle_seconds": idle,
@@ -973,20 +1093,25 @@ def run_http(
             log(f"  http rep {rep + 1}/{reps}: " + _rep_line(raw))
         seconds["reps"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        profiler = profiler_choice()
         with tempfile.TemporaryDirectory() as tmp:
             for name, subject in PROFILE_PLAN.items():
-                path = Path(tmp) / "profile.pstats"
+                path = Path(tmp) / f"{name.replace(' ', '-')}.profile"
                 mode = subject[2]
                 servers[subject[0]].profile(
                     path,
                     lambda s=subject, m=mode: load(  # type: ignore[misc]
                         _url(servers, s), m, profile_calls, concurrency, limit
                     ),
+                    profiler,
                 )
-                profiles[name] = summarize_profile(path, profile_calls)
+                if profiler == "py-spy":
+                    profiles[name] = summarize_py_spy(path, profile_calls)
+                else:
+                    profiles[name] = summarize_profile(path, profile_calls)
         seconds["profiles"] = time.perf_counter() - t0
         log(
-            "  http profiles, busy µs per call: "
+            f"  http profiles ({profiler}), busy µs per call: "
             + "; ".join(f"{k} {v['busy_us_per_call']:.0f}" for k, v in profiles.items())
         )
         for server in servers.values():
@@ -1056,6 +1181,7 @@ def run_http(
         "raw_loadgen_cpu_fraction": loadgen,
         "summary": summary,
         "ratios": ratios(summary),
+        "paired_ratios": paired_ratios(raw, memory),
         "profiles": profiles,
         "seconds": seconds,
         "errors": errors[:10],
@@ -1080,6 +1206,35 @@ def ratios(summary: dict[str, Any]) -> dict[str, float]:
         mem = summary.get("memory_per_idle_session", {}).get(f"handshake_{mode}")
         if mem:
             out[f"handshake_{mode}.memory_per_idle_session"] = mem["ratio"]
+    return out
+
+
+def paired_ratios(
+    raw: dict[str, dict[str, dict[str, list[float]]]], memory: dict[str, dict[str, list[float]]]
+) -> dict[str, float]:
+    """The same ratios rep by rep (each from one repetition's pair), then their median.
+
+    Less sensitive than the ratio of medians to load that drifts between repetitions on a
+    shared machine.
+    """
+
+    def paired(a: list[float], b: list[float]) -> float:
+        return median([ratio(x, y) for x, y in zip(a, b, strict=False)])
+
+    out: dict[str, float] = {}
+    for mode in ("sse", "json"):
+        hs, md = raw[f"handshake_{mode}"], raw[f"modern_{mode}"]["calls_per_s"]
+        for metric in ("sessions_per_s", "calls_per_s"):
+            out[f"handshake_{mode}.{metric}"] = paired(hs[metric]["ours"], hs[metric]["sdk"])
+        sdk_calls = hs["calls_per_s"]["sdk"]
+        out[f"modern_{mode}.handle_vs_sdk_manager"] = paired(md["handle"], sdk_calls)
+        out[f"modern_{mode}.handle_vs_sdk_stateless"] = paired(md["handle"], md["sdk_stateless"])
+        out[f"modern_{mode}.no_handle_vs_sdk_stateless"] = paired(
+            md["no_handle"], md["sdk_stateless"]
+        )
+        mem = memory.get(f"handshake_{mode}")
+        if mem:
+            out[f"handshake_{mode}.memory_per_idle_session"] = paired(mem["ours"], mem["sdk"])
     return out
 
 

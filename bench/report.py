@@ -308,18 +308,30 @@ def _http_profiles(http: dict[str, Any]) -> list[str]:
         for layer, share in p["layers"].items():
             if layer not in layers and share >= 0.005:
                 layers.append(layer)
+    profiler = next(iter(profiles.values())).get("profiler", "cProfile")
+    if profiler == "py-spy":
+        how = (
+            f"{http['profile_calls']} calls per run, the server sampled from outside by py-spy "
+            "(1,000 samples/s, non-blocking, Python frames only). Each busy sample goes to the "
+            "innermost frame of a known layer (a stdlib frame to the layer that called it); a "
+            "sample waiting in epoll is idle and left out, one in a socket send or receive is "
+            "its own layer."
+        )
+    else:
+        how = (
+            f"{http['profile_calls']} calls per run, the server's trio thread under cProfile "
+            "(which inflates layers made of many small calls, trio's scheduler most, about "
+            "threefold overall: compare the unprofiled server CPU per op above). Self time by "
+            "layer; stdlib and C builtins are charged to the layers that called them, waiting "
+            "in epoll is left out, socket sends and receives are their own layer."
+        )
     lines = [
-        "### Where the time goes (cProfile of one calls run per server)",
+        f"### Where the time goes ({profiler}, one calls run per server)",
         "",
-        f"{http['profile_calls']} calls per run, the server's trio thread under cProfile (which "
-        "inflates layers made of many small calls, trio's scheduler most, about threefold "
-        "overall: compare the unprofiled server CPU per op above). Self time by layer in µs per "
-        "call and as a share of the server's busy time (waiting in epoll excluded); stdlib and "
-        "C builtins are charged to the layers that called them, socket sends and receives are "
-        "their own layer. The run's untimed setup (opening its sessions or handles) is "
-        "included. Read a row against the ceiling's of the same response mode: what is above "
-        "the ceiling's hypercorn + trio + socket time is the price of the layers above the "
-        "HTTP server.",
+        how + " Cells: µs per call and share of the busy time; the run's untimed setup (opening "
+        "its sessions or handles) is included. Read a row against the ceiling's of the same "
+        "response mode: what is above the ceiling's hypercorn + trio + socket time is the "
+        "price of the layers above the HTTP server.",
         "",
         "| run | busy µs/call | " + " | ".join(layers) + " |",
         "|---|---|" + "---|" * len(layers),

@@ -107,7 +107,7 @@ def _profile(quick: bool) -> dict[str, Any]:
                 "calls": 12,
                 "idle": 6,
                 "mem_reps": 1,
-                "profile_calls": 12,
+                "profile_calls": 100,
                 "limit": 30,
             },
             "handles": {
@@ -481,8 +481,14 @@ def http_checks(http: dict[str, Any] | None) -> list[dict[str, Any]]:
             ours, base, base_label, ours_cpu, base_cpu = figures[name.split(".", 1)[1]]
             unit = "memory" if "memory" in name else "per_s"
             shown = f"ours {_figure(ours, unit)} vs {base_label} {_figure(base, unit)}"
+            paired = http.get("paired_ratios", {}).get(name)
+            if paired is not None:
+                shown += f"; rep by rep {paired:.2f}x"
             if ours_cpu is not None and base_cpu is not None:
-                shown += f" (server CPU {ours_cpu:,.0f} vs {base_cpu:,.0f} µs per op)"
+                shown += (
+                    f"; server CPU {ours_cpu:,.0f} vs {base_cpu:,.0f} µs per op "
+                    f"({base_cpu / ours_cpu:.2f}x)"
+                )
             checks.append(
                 {
                     "section": "http",

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest.importorskip("matplotlib", reason="the [bench] extra (matplotlib) is not installed")
 pytest.importorskip("hypercorn", reason="the [mcp] extra is not installed")
 
+from bench.http import summarize_py_spy  # noqa: E402
 from bench.report import render  # noqa: E402
 from bench.run import check_targets, run_million  # noqa: E402
 
@@ -206,3 +207,32 @@ def test_million_section_is_skipped_while_its_module_does_not_exist(
 ) -> None:
     assert run_million({"quick": True}, module="bench.no_such_section") is None
     assert "no module bench.no_such_section yet: section skipped" in capsys.readouterr().err
+
+
+def test_py_spy_samples_are_grouped_by_layer(tmp_path: Path) -> None:
+    site = "/venv/lib/python3.11/site-packages"
+    loop = f"run ({site}/trio/_core/_run.py:1)"
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "\n".join(
+            [
+                # waiting in epoll: idle, left out
+                f"{loop};get_events ({site}/trio/_core/_io_epoll.py:2) 50",
+                # a socket send: its own layer
+                f"{loop};_nonblocking_helper ({site}/trio/_socket.py:3) 10",
+                # a stdlib frame goes to the layer that called it
+                f"{loop};handle (/src/supervisor/mcp/_http.py:4);"
+                "dumps (/usr/lib/python3.11/json/__init__.py:5) 20",
+                f"{loop};parse ({site}/h11/_util.py:6) 10",
+            ]
+        )
+    )
+    summary = summarize_py_spy(raw, calls=10)
+    assert summary["samples"] == 40 and summary["idle_seconds"] == 0.05
+    assert summary["layers"] == {
+        "ours (app + transport)": 0.5,
+        "socket syscalls": 0.25,
+        "hypercorn / h11": 0.25,
+    }
+    assert summary["busy_us_per_call"] == 4000.0  # 40 samples at 1,000/s over 10 calls
+    assert summary["top"][0]["layer"] == "ours (app + transport) (via caller)"
