@@ -128,9 +128,9 @@ def _profile(quick: bool) -> dict[str, Any]:
         "expiry": {"n": 10000, "reps": 3},
         "seed": {"sizes": "1000,10000,100000", "reps": 9, "expiry_n": 10000, "interval_ms": 1000},
         "http": {
-            "reps": 5,
+            "reps": 7,
             "sessions": 300,
-            "calls": 1500,
+            "calls": 1200,
             "idle": 500,
             "mem_reps": 3,
             "profile_calls": 1500,
