@@ -554,7 +554,7 @@ class McpHttpApp:
             async def stream(release: Callable[[], None]) -> None:
                 await session.wire.get(scope, receive, send)
 
-            if not await _run_request(self.supervisor, session_id, session, stream, pinned=False):
+            if not await _run_request(session, stream, pinned=False):
                 await self._not_found(send)
         finally:
             self._streams.discard(session_id)
@@ -582,7 +582,7 @@ class McpHttpApp:
             return
         self._active[session_id] = active + 1
         try:
-            if not await _run_request(self.supervisor, session_id, session, work, pinned=True):
+            if not await _run_request(session, work, pinned=True):
                 await self._not_found(send)
         finally:
             remaining = self._active[session_id] - 1

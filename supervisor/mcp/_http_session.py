@@ -25,13 +25,13 @@ from mcp.server.streamable_http import (
     EventStore,
 )
 
-from .. import SessionClosed, SessionNotFound, Transport
+from .. import SessionClosed, Transport
 from ._session import ServerSource, _Handshake, _serve_session
 from ._transport import _RELEASE as _RELEASE
 from ._transport import _Wire
 
 if TYPE_CHECKING:
-    from .. import Message, SessionContext, Supervisor
+    from .. import Message, SessionContext
 
 logger = logging.getLogger("supervisor.mcp")
 
@@ -45,7 +45,16 @@ class _HttpSession:
     a request in and out: in flight for the drain, and (``pinned``) busy for the idle clock.
     """
 
-    __slots__ = ("_idle", "count", "ctx", "draining", "handshake", "wire")
+    __slots__ = (
+        "_idle",
+        "count",
+        "ctx",
+        "draining",
+        "handshake",
+        "opening",
+        "opening_busy",
+        "wire",
+    )
 
     def __init__(self, wire: _Wire) -> None:
         self.wire = wire
@@ -55,6 +64,30 @@ class _HttpSession:
         self.draining = False
         self.count = 0
         self._idle: trio.Event | None = None
+        #: The opening request is in flight, queued before the actor started.
+        self.opening = False
+        #: The actor's busy block for it, once the actor has started.
+        self.opening_busy: AbstractContextManager[None] | None = None
+
+    def enter_opening(self) -> None:
+        """Count the opening request in before the actor has started (it pins it then)."""
+        self.count += 1
+        self.opening = True
+
+    def started(self, ctx: SessionContext[Any]) -> None:
+        """The actor has started: it pins the opening request still in flight."""
+        self.ctx = ctx
+        if self.opening:
+            busy = ctx.busy()
+            try:
+                busy.__enter__()
+            except SessionClosed:
+                return
+            self.opening_busy = busy
+
+    def leave_opening(self) -> None:
+        busy, self.opening_busy, self.opening = self.opening_busy, None, False
+        self.leave(busy)
 
     def enter(self, pinned: bool) -> AbstractContextManager[None] | None:
         """Count a request in; returns the busy block to hand back to `leave` (None: unpinned).
@@ -152,14 +185,15 @@ async def _run_http_session(
 ) -> None:
     """The actor of one HTTP session: serves the protocol loop until the session ends, then drains.
 
-    Its mailbox only wakes it: a request that comes before the actor has started waits for it
-    with a `Supervisor.call`, answered at once.
+    The opening request is queued on the wire before the actor starts; the actor pins it (the
+    idle clock paused) when it starts. Its mailbox carries no requests: only its end (a close)
+    matters.
     """
     wire = session.wire
     guard = _Guard(ctx)
     handshake = _Handshake(ctx=ctx, track_busy=False)
     session.handshake = wire.handshake = handshake
-    session.ctx = ctx
+    session.started(ctx)
     serving = trio.CancelScope()
     expiring: list[trio.Event] = []  # set when the drain after a deadline is over
     error: BaseException | None = None
@@ -315,9 +349,11 @@ async def _drain(
             await session.idle()
 
 
+def _nothing() -> None:
+    pass
+
+
 async def _run_request(
-    supervisor: Supervisor,
-    session_id: str,
     session: _HttpSession,
     work: Callable[[Callable[[], None]], Awaitable[None]],
     *,
@@ -326,16 +362,19 @@ async def _run_request(
     """Run one HTTP request of ``session`` in the calling task, counted in flight.
 
     ``work(release)`` does the wire work; ``release()`` ends its pause of the idle clock early
-    (a resumed GET that turns out to be the stream of server-to-client messages). A request
-    that comes before the actor has started waits for it (a `Supervisor.call`, answered at
-    once). Returns False, with nothing sent, when the session takes no more requests (the app
-    answers 404).
+    (a resumed GET that turns out to be the stream of server-to-client messages). The opening
+    request comes before the actor has started: it is queued at once, and the actor pins it
+    when it starts. Returns False, with nothing sent, when the session takes no more requests
+    (the app answers 404).
     """
     if session.ctx is None:
+        # The opening request: the actor has not started yet and pins it when it does.
+        session.enter_opening()
         try:
-            await supervisor.call(session_id, None)
-        except (SessionNotFound, SessionClosed):
-            return False
+            await work(_nothing)
+        finally:
+            session.leave_opening()
+        return True
     try:
         busy = session.enter(pinned)
     except SessionClosed:
