@@ -778,7 +778,8 @@ MEMORY_PLAN = {
     "handshake_sse": {"ours": "ours", "sdk": "sdk"},
     "handshake_json": {"ours": "ours-json", "sdk": "sdk-json"},
 }
-#: One profiled calls run per server: name -> subject.
+#: One profiled calls run per server (and a sessions run for both JSON servers): name -> subject.
+#: A sessions run does a quarter as many sessions as a calls run does calls.
 PROFILE_PLAN: dict[str, Subject] = {
     "ours sse calls": ("ours", None, "calls"),
     "sdk sse calls": ("sdk", None, "calls"),
@@ -789,6 +790,8 @@ PROFILE_PLAN: dict[str, Subject] = {
     "ours 2026 handle calls": ("ours", None, "modern-handle"),
     "ours 2026 no-handle calls": ("ours", None, "modern"),
     "sdk stateless 2026 calls": ("sdk-stateless", None, "modern"),
+    "ours json sessions": ("ours-json", None, "sessions"),
+    "sdk json sessions": ("sdk-json", None, "sessions"),
 }
 
 
@@ -1098,21 +1101,31 @@ def run_http(
             for name, subject in PROFILE_PLAN.items():
                 path = Path(tmp) / f"{name.replace(' ', '-')}.profile"
                 mode = subject[2]
-                servers[subject[0]].profile(
+                server = servers[subject[0]]
+                n = max(4, profile_calls // 4) if mode == "sessions" else profile_calls
+                r = server.profile(
                     path,
-                    lambda s=subject, m=mode: load(  # type: ignore[misc]
-                        _url(servers, s), m, profile_calls, concurrency, limit
+                    lambda s=subject, m=mode, n=n, pid=server.proc.pid: load(  # type: ignore[misc]
+                        _url(servers, s), m, n, concurrency, limit, pid
                     ),
                     profiler,
                 )
                 if profiler == "py-spy":
-                    profiles[name] = summarize_py_spy(path, profile_calls)
+                    p = summarize_py_spy(path, n)
                 else:
-                    profiles[name] = summarize_profile(path, profile_calls)
+                    p = summarize_profile(path, n)
+                # µs per layer: its share of the profile times the CPU the server used per
+                # call in this run (from /proc), which does not depend on the sampler keeping
+                # up on a loaded machine.
+                p["cpu_us_per_call"] = r["server_cpu_seconds"] / max(1, r["ok"]) * 1e6
+                p["layer_us_per_call"] = {
+                    k: share * p["cpu_us_per_call"] for k, share in p["layers"].items()
+                }
+                profiles[name] = p
         seconds["profiles"] = time.perf_counter() - t0
         log(
-            f"  http profiles ({profiler}), busy µs per call: "
-            + "; ".join(f"{k} {v['busy_us_per_call']:.0f}" for k, v in profiles.items())
+            f"  http profiles ({profiler}), server CPU µs per call: "
+            + "; ".join(f"{k} {v['cpu_us_per_call']:.0f}" for k, v in profiles.items())
         )
         for server in servers.values():
             server.stop()

@@ -328,12 +328,16 @@ def _http_profiles(http: dict[str, Any]) -> list[str]:
     lines = [
         f"### Where the time goes ({profiler}, one calls run per server)",
         "",
-        how + " Cells: µs per call and share of the busy time; the run's untimed setup (opening "
-        "its sessions or handles) is included. Read a row against the ceiling's of the same "
+        "Sessions runs (initialize, notifications/initialized, tools/call, DELETE) do a quarter "
+        "as many sessions; their figures are per session.",
+        "",
+        how + " Cells: that share of the server's CPU time per call in the profiled run (from "
+        "/proc), in µs, and the share of the profile; the profile also covers the run's untimed "
+        "setup (opening its sessions or handles). Read a row against the ceiling's of the same "
         "response mode: what is above the ceiling's hypercorn + trio + socket time is the "
         "price of the layers above the HTTP server.",
         "",
-        "| run | busy µs/call | " + " | ".join(layers) + " |",
+        "| run | server CPU µs/call | " + " | ".join(layers) + " |",
         "|---|---|" + "---|" * len(layers),
     ]
     for name, p in profiles.items():
@@ -341,7 +345,8 @@ def _http_profiles(http: dict[str, Any]) -> list[str]:
             f"{p['layer_us_per_call'].get(layer, 0.0):,.0f} ({p['layers'].get(layer, 0.0):.0%})"
             for layer in layers
         ]
-        lines.append(f"| {name} | {p['busy_us_per_call']:,.0f} | " + " | ".join(cells) + " |")
+        total = p.get("cpu_us_per_call", p["busy_us_per_call"])
+        lines.append(f"| {name} | {total:,.0f} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, p in profiles.items():
         top = "; ".join(

@@ -72,6 +72,7 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert len({tuple(info["gc_threshold"]) for info in http["servers"].values()}) == 1
     for name, profile in http["profiles"].items():
         assert profile["busy_seconds"] > 0 and profile["top"], name
+        assert profile["cpu_us_per_call"] > 0, name
         assert abs(sum(profile["layers"].values()) - 1) < 1e-6, name
     assert http["profiles"]["ours sse calls"]["layers"]["ours (app + transport)"] > 0
     assert http["profiles"]["sdk sse calls"]["layers"]["SDK protocol (mcp)"] > 0
