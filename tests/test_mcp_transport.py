@@ -265,6 +265,18 @@ async def test_an_open_get_stream_gets_a_keep_alive_comment_every_15_seconds(
         assert sent[-1].get("more_body") is True
 
 
+async def test_a_session_opened_through_one_app_serves_through_another() -> None:
+    async with open_supervisor(idle_timeout=60) as sup:
+        first = McpHttpApp(sup, create_demo_server())
+        second = McpHttpApp(sup, create_demo_server(), path=None)
+        session_id = session_of(await exchange(first, "POST", INIT))
+        assert seen(await exchange(second, "POST", INITIALIZED, session_id))[0] == 202
+        status, _, body = seen(await exchange(second, "POST", ECHO, session_id))
+        assert (status, b'"hi"' in body) == (200, True)
+        assert seen(await exchange(second, "DELETE", None, session_id))[0] == 200
+        assert seen(await exchange(first, "POST", ECHO, session_id))[0] == 404
+
+
 # -- the pieces ------------------------------------------------------------------------------
 
 

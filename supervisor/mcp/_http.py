@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, suppress
 from typing import TYPE_CHECKING, Any, final
@@ -82,6 +83,12 @@ DELETED = "client-delete"
 _SESSION_HEADER = b"mcp-session-id"
 _VERSION_HEADER = b"mcp-protocol-version"
 
+
+#: Each supervisor's live HTTP sessions (what its actor and the app share), for every app that
+#: serves it: a session opened through one app can be used through another on the same supervisor.
+_SESSIONS: weakref.WeakKeyDictionary[Supervisor, dict[str, _HttpSession]] = (
+    weakref.WeakKeyDictionary()
+)
 
 #: Seconds between two log lines about expected refusals (503 at capacity, 429).
 _REFUSAL_LOG_INTERVAL = 60.0
@@ -246,7 +253,7 @@ class McpHttpApp:
         self.websocket = websocket
         self._active: dict[str, int] = {}
         #: What the app shares with each live HTTP session's actor (its wire, its requests).
-        self._sessions: dict[str, _HttpSession] = {}
+        self._sessions = _SESSIONS.setdefault(supervisor, {})
         #: Sessions with an open GET stream of server-to-client messages.
         self._streams: set[str] = set()
         self._refused_sessions = _Refusals("refused a new session")
@@ -632,4 +639,4 @@ class McpHttpApp:
         try:
             await _run_http_session(ctx, self.server, session)
         finally:
-            del self._sessions[ctx.id]
+            self._sessions.pop(ctx.id, None)
