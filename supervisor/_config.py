@@ -9,7 +9,7 @@ import attrs
 __all__ = ["MAX_DEADLINE_SLACK", "SupervisorConfig"]
 
 #: The largest `SupervisorConfig.deadline_slack` accepted: slack trades expiry precision for fewer
-#: deadline updates and must stay small next to any sensible timeout.
+#: timer wake-ups and must stay small next to any sensible timeout.
 MAX_DEADLINE_SLACK = 1.0
 
 
@@ -35,10 +35,10 @@ class SupervisorConfig:
         close_grace: how long an actor may take to return after `Supervisor.close_session`
             before it is cancelled.
         max_sessions_per_principal: sessions one principal may hold at once; ``None``: no limit.
-        deadline_slack: how late an expiry may fire. Activity pushes the armed idle deadline only
-            when the new one passes it, and then arms it this much further, so a burst of
-            activity costs one deadline update. Expiry is never early and at most this late.
-            Between 0 and `MAX_DEADLINE_SLACK`.
+        deadline_slack: how late an expiry may fire. The supervisor's timers wake once for
+            all sessions due within one slack of each other. Expiry is never early and at most
+            this late (plus the expiry work itself when very many are due at once). Between 0
+            and `MAX_DEADLINE_SLACK`.
 
     Raises:
         ValueError: a value of the wrong type or out of range, naming the field.

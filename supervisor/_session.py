@@ -9,6 +9,7 @@ there) build on it; nothing here calls up.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -58,7 +59,6 @@ class Session:
     _created_wall: float  # time.time() at creation, for display only
     _last_activity: float  # trio clock
     _idle_timeout: float  # config.idle_timeout, or inf
-    _slack: float  # config.deadline_slack
     _state: SessionState = SessionState.CREATED
     _authenticated: bool = False
     _initialized: bool = False
@@ -71,13 +71,18 @@ class Session:
     _messages: int = 0
     _depth: int = 0
     _high_water: int = 0
-    # Owned by the supervisor: the actor's scope, its mailbox and its deadlines.
+    # Owned by the supervisor: the actor's scope, its mailbox (see `Mailbox`) and its deadlines.
+    # The scope has no trio deadline while the session serves: the supervisor's timers
+    # (`supervisor._timers`) hold one entry per session, at `_armed`, and cancel it when due.
     _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    _send: trio.MemorySendChannel[Message[Any]] | None = None
-    _recv: trio.MemoryReceiveChannel[Message[Any]] | None = None
-    _armed: float = math.inf  # idle deadline as armed on the scope; inf while paused
+    _queue: deque[Message[Any]] | None = None  # buffered messages, oldest first
+    _receiver: trio.lowlevel.Task | None = None  # the task waiting in the mailbox, if any
+    _senders: deque[tuple[trio.lowlevel.Task, Message[Any]]] | None = None  # waiting for room
+    _mail_closed: bool = False  # asked to close: the mailbox ends once drained
+    _armed: float = math.inf  # when this session's timer entry fires; inf: none
     _hard: float = math.inf  # min(init deadline while not READY, lifetime deadline)
     _lifetime_deadline: float = math.inf
+    _cut: float = math.inf  # once ending: when the actor is cancelled (a fired deadline: now)
     _close_reason: str | None = None  # decided once: see _ending
     _expired: bool = False  # the close reason is the deadline that fired
     _error: BaseException | None = None
@@ -198,12 +203,8 @@ class Session:
         fired: that deadline; nothing moves it any more.
         """
         if _ending(self):
-            return self._scope.deadline
-        return self._hard if self._in_flight else min(self._hard, self._idle_deadline())
-
-    def _idle_deadline(self) -> float:
-        # _armed carries up to deadline_slack of headroom; report the exact idle deadline.
-        return self._last_activity + self._idle_timeout
+            return self._cut
+        return _due(self)
 
     def snapshot(self) -> SessionSnapshot:
         """A frozen copy of this view as it is now."""
@@ -357,37 +358,52 @@ class Message(Generic[T]):
 # The session's end and its idle clock, shared by the supervisor, the context and messages. Kept
 # as functions of the record so the hot paths (send, call, reply, touch) touch no other object.
 #
-# While a session serves (no close reason yet), its scope's deadline is min(_armed, _hard), and
-# it fires when trio's clock reaches it. A trio deadline that fired cannot be undone, so nothing
-# may move it afterwards either: the deadline that fired says which one it was (_expiry_reason).
-# Every path that would move it first checks `now >= min(_armed, _hard)` (or asks the scope).
+# While a session serves (no close reason yet), it is due at `_due`: the earliest of its idle
+# deadline (none while work is in flight) and its init and lifetime deadlines (`_hard`). Nothing
+# on the hot paths arms a timer: activity only moves `_last_activity` (the due time only ever
+# moves later), and the supervisor's timer entry for the session, at or before the due time,
+# re-arms itself at the new one when it fires (`supervisor._timers`). A session is expired the
+# first time anything sees it due (its timer, a send or call, `closing`, `close_reason`...):
+# `_expire` decides the reason and cancels the actor, and nothing moves that deadline afterwards.
+
+
+def _due(session: Session) -> float:
+    """When a serving session expires unless something changes (trio clock; inf: never)."""
+    hard = session._hard
+    if session._in_flight:
+        return hard
+    idle = session._last_activity + session._idle_timeout
+    return idle if idle < hard else hard
+
+
+def _expire(session: Session, fired: float) -> None:
+    """The deadline ``fired`` has passed: decide the reason once and cancel the actor."""
+    if fired >= session._lifetime_deadline:
+        reason = "max-lifetime"
+    elif not session._initialized and fired >= session._hard:
+        reason = "init-timeout"
+    else:
+        reason = "idle-timeout"
+    session._close_reason = reason
+    session._expired = True
+    session._cut = fired
+    session._scope.cancel()
 
 
 def _ending(session: Session) -> bool:
-    """True once the session's end is decided; decides an expiry whose deadline has fired.
+    """True once the session's end is decided; decides an expiry whose deadline has passed.
 
     A session is ending once it has a close reason (closed, shut down, its actor returned, an
-    expiry already decided), a failure, or a cancelled scope: with neither a close reason nor
-    an error, only its deadline can have cancelled it (`Supervisor` cancels the scope itself
-    only after setting one of the two). Not for hot paths: ``cancel_called`` reads the clock.
+    expiry already decided) or a failure, or once it is due (`_expire` decides it now). Reads
+    the clock: not for the hottest paths, which compare their own ``now`` with `_due` first.
     """
     if session._close_reason is not None or session._error is not None:
         return True
-    if session._scope.cancel_called:
-        session._close_reason = _expiry_reason(session)
-        session._expired = True
+    due = _due(session)
+    if due <= trio.current_time():
+        _expire(session, due)
         return True
     return False
-
-
-def _expiry_reason(session: Session) -> str:
-    """Which deadline fired: read from the scope's deadline, which nothing moved since."""
-    fired = session._scope.deadline
-    if fired >= session._lifetime_deadline:
-        return "max-lifetime"
-    if not session._initialized and fired >= session._hard:
-        return "init-timeout"
-    return "idle-timeout"
 
 
 def _check_live(session: Session) -> None:
@@ -403,36 +419,26 @@ def _short(session_id: object) -> str:
 
 
 def _touch(session: Session, now: float) -> None:
-    """Activity at ``now``: push the idle deadline if it passes the armed one (deadline_slack).
+    """Activity at ``now``: the idle deadline restarts from now. O(1), arms nothing.
 
-    No effect once a deadline has fired: the session is ending, and the deadline that fired
-    stays as it is.
+    No effect once a deadline has passed: the session is ending (or about to be found so), and
+    the deadline that passed stays as it is.
     """
     if session._close_reason is None:
         if now >= session._hard:
-            return  # the init or lifetime deadline fired
-        if session._in_flight == 0:
-            target = now + session._idle_timeout
-            if target > session._armed:
-                if now >= session._armed:
-                    return  # the idle deadline fired
-                session._armed = armed = target + session._slack
-                session._scope.deadline = armed if armed < session._hard else session._hard
+            return  # the init or lifetime deadline passed
+        if session._in_flight == 0 and now >= session._last_activity + session._idle_timeout:
+            return  # the idle deadline passed
     session._last_activity = now
 
 
 def _begin_flight(session: Session) -> None:
     """Work begins (a call, a ``ctx.busy()`` block): the idle clock stops.
 
-    The caller has made sure no deadline has fired yet (`Supervisor.call` compares the clock
-    with it in the same step; ``ctx.busy()`` asks `_ending`), so pausing cannot move a deadline
-    that fired.
+    The caller has made sure no deadline has passed yet (`Supervisor.call` compares the clock
+    with it in the same step; ``ctx.busy()`` asks `_ending`), so pausing cannot revive one.
     """
     session._in_flight += 1
-    if session._in_flight == 1 and session._armed != math.inf and session._close_reason is None:
-        # Pause the idle clock: only the init and lifetime deadlines stay armed.
-        session._armed = math.inf
-        session._scope.deadline = session._hard
 
 
 def _end_flight(session: Session) -> None:
@@ -440,16 +446,113 @@ def _end_flight(session: Session) -> None:
         return  # the count was reset when the session ended: never below zero
     session._in_flight -= 1
     now = trio.current_time()
-    if session._close_reason is None:
-        armed, hard = session._armed, session._hard
-        if now >= (armed if armed < hard else hard):
-            return  # a deadline fired while the work was in flight: it stays
-        session._last_activity = now
-        if session._in_flight == 0 and session._idle_timeout != math.inf:
-            session._armed = armed = now + session._idle_timeout + session._slack
-            session._scope.deadline = armed if armed < hard else hard
+    if session._close_reason is None and now >= session._hard:
+        return  # the init or lifetime deadline passed while the work was in flight: it stays
+    session._last_activity = now
+
+
+# The mailbox: a single-consumer queue parked on trio.lowlevel (a memory channel's semantics
+# for one receiver, in a few slots of the record). Messages are handed straight to a waiting
+# receiver; otherwise buffered up to mailbox_size; beyond that, senders wait in line (`_put`).
+# Closing (`_close_mailbox`) lets the receiver drain what is buffered, then ends it; senders
+# still waiting get ClosedResourceError. When the actor is done (`_drop_mailbox`) whatever is
+# buffered is dropped and waiting senders get BrokenResourceError.
+
+
+def _put_nowait(session: Session, msg: Message[Any], capacity: int) -> None:
+    """Deliver or buffer ``msg``; raises WouldBlock when full (or others already wait)."""
+    if session._mail_closed:
+        raise trio.ClosedResourceError
+    if session._actor_done:
+        raise trio.BrokenResourceError
+    receiver = session._receiver
+    if receiver is not None:
+        session._receiver = None
+        trio.lowlevel.reschedule(receiver, outcome.Value(msg))
+        return
+    queue = session._queue
+    if queue is None:
+        if capacity == 0:
+            raise trio.WouldBlock
+        queue = session._queue = deque()
+    if len(queue) < capacity and not session._senders:
+        queue.append(msg)
+        return
+    raise trio.WouldBlock
+
+
+async def _put(session: Session, msg: Message[Any], capacity: int) -> None:
+    """`_put_nowait`, waiting in line while the mailbox is full. A checkpoint; if cancelled,
+    ``msg`` was not delivered."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        _put_nowait(session, msg, capacity)
+    except trio.WouldBlock:
+        pass
     else:
-        session._last_activity = now
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return
+    senders = session._senders
+    if senders is None:
+        senders = session._senders = deque()
+    entry = (trio.lowlevel.current_task(), msg)
+    senders.append(entry)
+
+    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        senders.remove(entry)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def _take_nowait(session: Session) -> Message[Any]:
+    """The next message; raises WouldBlock (empty) or EndOfChannel (closed and drained)."""
+    queue = session._queue
+    senders = session._senders
+    if queue:
+        msg = queue.popleft()
+        if senders:
+            task, waiting = senders.popleft()
+            queue.append(waiting)
+            trio.lowlevel.reschedule(task)
+        return msg
+    if senders:  # mailbox_size 0: straight from a waiting sender
+        task, msg = senders.popleft()
+        trio.lowlevel.reschedule(task)
+        return msg
+    if session._mail_closed or session._actor_done:
+        raise trio.EndOfChannel
+    raise trio.WouldBlock
+
+
+def _close_mailbox(session: Session) -> None:
+    """Asked to close: the receiver drains what is buffered, then the mailbox ends."""
+    session._mail_closed = True
+    receiver = session._receiver
+    if receiver is not None:
+        session._receiver = None
+        trio.lowlevel.reschedule(receiver, outcome.Error(trio.EndOfChannel()))
+    _fail_senders(session, trio.ClosedResourceError)
+
+
+def _drop_mailbox(session: Session) -> None:
+    """The actor is done: buffered messages are dropped, waiting senders fail."""
+    queue = session._queue
+    if queue:
+        session._depth -= len(queue)
+        queue.clear()
+    receiver = session._receiver  # a background task of the session, say
+    if receiver is not None:
+        session._receiver = None
+        trio.lowlevel.reschedule(receiver, outcome.Error(trio.EndOfChannel()))
+    _fail_senders(session, trio.BrokenResourceError)
+
+
+def _fail_senders(session: Session, error: type[Exception]) -> None:
+    senders = session._senders
+    while senders:
+        task, _ = senders.popleft()
+        trio.lowlevel.reschedule(task, outcome.Error(error()))
 
 
 @final
@@ -458,7 +561,8 @@ class Mailbox(Generic[T]):
 
     Iteration ends when the session is asked to close (`Supervisor.close_session`, shutdown),
     after the messages already buffered have been delivered, so no message accepted into the
-    mailbox is silently skipped, except calls whose caller already gave up.
+    mailbox is silently skipped, except calls whose caller already gave up. One task at a time
+    receives: a second that waits while another does raises `trio.BusyResourceError`.
     """
 
     __slots__ = ("_session",)
@@ -470,34 +574,60 @@ class Mailbox(Generic[T]):
         return self
 
     async def __anext__(self) -> Message[T]:
-        # The loop of `receive`, inlined: an idle session waits here, and one coroutine frame
-        # fewer per waiting session is ~5% of an idle session's memory.
-        session = self._session
-        recv = session._recv
-        assert recv is not None
-        while True:
-            try:
-                msg = await recv.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise StopAsyncIteration from None
-            session._depth -= 1
-            if msg._status != _ABANDONED:
-                return msg
+        # `receive`, inlined: an idle session waits here, and a coroutine frame fewer per
+        # waiting session is a few percent of an idle session's memory.
+        try:
+            session = self._session
+            while True:
+                if (
+                    session._queue
+                    or session._senders
+                    or session._mail_closed
+                    or session._actor_done
+                ):
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    msg = _take_nowait(session)
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                else:
+                    if session._receiver is not None:
+                        raise trio.BusyResourceError(
+                            "another task is already waiting for this mailbox's next message"
+                        )
+                    session._receiver = trio.lowlevel.current_task()
+                    msg = await trio.lowlevel.wait_task_rescheduled(self._abort)
+                session._depth -= 1
+                if msg._status != _ABANDONED:
+                    return msg
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
     async def receive(self) -> Message[T]:
         """Wait for the next message.
 
         Raises:
             trio.EndOfChannel: the session is closing and the mailbox is drained.
+            trio.BusyResourceError: another task is waiting for this mailbox's next message.
         """
         session = self._session
-        recv = session._recv
-        assert recv is not None
         while True:
-            msg = await recv.receive()
+            if session._queue or session._senders or session._mail_closed or session._actor_done:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                msg = _take_nowait(session)  # nothing runs in between: it cannot block
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            else:
+                if session._receiver is not None:
+                    raise trio.BusyResourceError(
+                        "another task is already waiting for this mailbox's next message"
+                    )
+                session._receiver = trio.lowlevel.current_task()
+                msg = await trio.lowlevel.wait_task_rescheduled(self._abort)
             session._depth -= 1
             if msg._status != _ABANDONED:
                 return msg
+
+    def _abort(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._session._receiver = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def receive_nowait(self) -> Message[T]:
         """Take the next message if there is one.
@@ -507,10 +637,8 @@ class Mailbox(Generic[T]):
             trio.EndOfChannel: the session is closing and the mailbox is drained.
         """
         session = self._session
-        recv = session._recv
-        assert recv is not None
         while True:
-            msg = recv.receive_nowait()
+            msg = _take_nowait(session)
             session._depth -= 1
             if msg._status != _ABANDONED:
                 return msg

@@ -38,13 +38,20 @@ from ._session import (
     SessionSnapshot,
     _begin_flight,
     _check_live,
+    _close_mailbox,
+    _drop_mailbox,
+    _due,
     _end_flight,
     _ending,
+    _expire,
+    _put,
+    _put_nowait,
     _short,
     _touch,
 )
 from ._state import LIVE_STATES, SessionState, Transport, check_transition
 from ._stats import SessionMetrics, SessionStatistics
+from ._timers import EXPIRY_COST, Timers
 
 __all__ = ["Actor", "SessionContext", "Supervisor", "open_supervisor"]
 
@@ -220,8 +227,9 @@ class Supervisor:
         # Hot-path constants.
         idle = config.idle_timeout
         self._idle = math.inf if idle is None else float(idle)
-        self._slack = float(config.deadline_slack)
         self._mailbox_size = config.mailbox_size
+        self._timers = Timers(float(config.deadline_slack))
+        self._timers_scope = trio.CancelScope()
 
     def __repr__(self) -> str:
         return f"<Supervisor {len(self._sessions)}/{self._config.max_sessions} sessions>"
@@ -397,7 +405,6 @@ class Supervisor:
             config = self._config
             now = trio.current_time()
             idle = self._idle
-            armed = now + idle + self._slack
             hard = math.inf
             lifetime_deadline = math.inf
             if config.init_timeout is not None:
@@ -405,7 +412,6 @@ class Supervisor:
             if config.max_lifetime is not None:
                 lifetime_deadline = now + config.max_lifetime
                 hard = min(hard, lifetime_deadline)
-            send, recv = trio.open_memory_channel[Message[Any]](self._mailbox_size)
             session = Session(
                 id=new_session_id(),
                 transport=transport,
@@ -414,11 +420,6 @@ class Supervisor:
                 created_wall=time.time(),
                 last_activity=now,
                 idle_timeout=idle,
-                slack=self._slack,
-                scope=trio.CancelScope(deadline=armed if armed < hard else hard),
-                send=send,
-                recv=recv,
-                armed=armed,
                 hard=hard,
                 lifetime_deadline=lifetime_deadline,
                 metadata=metadata,
@@ -432,6 +433,8 @@ class Supervisor:
             session._authenticated = True
             self._authenticated += 1
         self._sessions[session._id] = session
+        idle_at = now + idle
+        self._timers.arm(session, idle_at if idle_at < hard else hard)
         self._by_state[_S.CREATED] += 1
         self._by_transport[transport] += 1
         self._created_total += 1
@@ -472,13 +475,9 @@ class Supervisor:
         session._actor_done = True
         if not _ending(session):
             session._close_reason = "actor-returned"  # decided now: a later close changes nothing
-        send, recv = session._send, session._recv
-        assert send is not None and recv is not None
-        # Messages still buffered are dropped with the channel (their callers get SessionClosed
-        # when the session ends); senders waiting for room uncount themselves when they fail.
-        session._depth -= recv.statistics().current_buffer_used
-        send.close()
-        recv.close()
+        # Messages still buffered are dropped (their callers get SessionClosed when the session
+        # ends); senders waiting for room uncount themselves when they fail.
+        _drop_mailbox(session)
         if session._tasks:
             assert session._task_scopes is not None
             for scope in session._task_scopes:
@@ -588,12 +587,8 @@ class Supervisor:
         by_state[new] += 1
         if new is _S.READY:
             session._initialized = True
-            if session._hard != session._lifetime_deadline:
-                # The init deadline no longer applies.
-                session._hard = session._lifetime_deadline
-                if session._close_reason is None:
-                    armed = session._armed
-                    session._scope.deadline = armed if armed < session._hard else session._hard
+            # The init deadline no longer applies (the timer entry re-arms itself later).
+            session._hard = session._lifetime_deadline
         if self._bus:
             self._bus.publish(EventKind.STATE_CHANGED, session, now, old_state=old, new_state=new)
 
@@ -674,13 +669,43 @@ class Supervisor:
         now = trio.current_time()
         if session._state is not _S.CLOSING:
             self._transition(session, _S.CLOSING, now)
-        assert session._send is not None
-        session._send.close()
+        _close_mailbox(session)
         if grace is None:
             grace = self._config.close_grace
-        session._armed = math.inf
-        session._scope.deadline = now + grace
+        self._cut_at(session, now + grace)
         return True
+
+    def _cut_at(self, session: Session, cut: float) -> None:
+        """An ending session's actor is cancelled at ``cut`` if it has not returned by then."""
+        session._cut = cut
+        if cut < session._armed:
+            self._timers.arm(session, cut)
+
+    def _on_due(self, session: Session, now: float) -> int:
+        """The session's timer entry fired: expire it, cut it, or re-arm the entry (`Timers`)."""
+        if session._ended:
+            return 1
+        if session._close_reason is None and session._error is None:
+            due = _due(session)
+            if due <= now:
+                _expire(session, due)
+                return EXPIRY_COST
+            if session._in_flight:
+                # Only the init and lifetime deadlines apply now; look again an idle period
+                # later, so an entry always fires by the time the idle clock could run out.
+                check = now + session._idle_timeout
+                due = check if check < due else due
+            self._timers.arm(session, due)
+            return 1
+        if session._cut <= now:
+            session._scope.cancel()
+            return EXPIRY_COST
+        self._timers.arm(session, session._cut)
+        return 1
+
+    async def _run_timers(self) -> None:
+        with self._timers_scope:
+            await self._timers.run(self._on_due)
 
     # -- the public operations on a session by id ----------------------------------------------
 
@@ -801,10 +826,7 @@ class Supervisor:
 
     def _deliverable(self, session_id: str, now: float) -> Session:
         session = self._live(session_id)
-        if session._close_reason is not None or (
-            # A deadline has passed (the scope's is min(armed, hard)): the session is ending.
-            (now >= session._armed or now >= session._hard) and _ending(session)
-        ):
+        if session._close_reason is not None or (now >= _due(session) and _ending(session)):
             raise SessionClosed(f"session {_short(session_id)} is closing")
         return session
 
@@ -843,10 +865,9 @@ class Supervisor:
                 if it does while waiting).
         """
         session = self._deliverable(session_id, trio.current_time())
-        assert session._send is not None
         self._queue(session)
         try:
-            await session._send.send(Message(payload, session, _ONE_WAY))
+            await _put(session, Message(payload, session, _ONE_WAY), self._mailbox_size)
         except BaseException as exc:
             error = self._undelivered(session, exc)
             if error is exc:
@@ -865,10 +886,9 @@ class Supervisor:
         """
         now = trio.current_time()
         session = self._deliverable(session_id, now)
-        assert session._send is not None
         self._queue(session)
         try:
-            session._send.send_nowait(Message(payload, session, _ONE_WAY))
+            _put_nowait(session, Message(payload, session, _ONE_WAY), self._mailbox_size)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise self._undelivered(session, exc) from None
         self._delivered(session)
@@ -912,8 +932,6 @@ class Supervisor:
 
     async def _call(self, session: Session, payload: Any) -> Any:
         msg = Message(payload, session, _PENDING)
-        send = session._send
-        assert send is not None
         _begin_flight(session)
         if session._pending is None:
             session._pending = set()
@@ -922,9 +940,9 @@ class Supervisor:
         self._queue(session)
         try:
             try:
-                send.send_nowait(msg)
+                _put_nowait(session, msg, self._mailbox_size)
             except trio.WouldBlock:
-                await send.send(msg)
+                await _put(session, msg, self._mailbox_size)
         except BaseException as exc:
             msg._abandon()
             error = self._undelivered(session, exc)
@@ -1031,10 +1049,10 @@ class Supervisor:
         now = trio.current_time()
         deadline = now + grace
         for session in list(self._sessions.values()):
-            if not self._close(session, "shutdown", grace) and session._scope.deadline > deadline:
-                # Already ending: keep its own deadline unless ours is sooner. (A deadline that
+            if not self._close(session, "shutdown", grace) and session._cut > deadline:
+                # Already ending: keep its own cut unless ours is sooner. (A deadline that
                 # fired is in the past, so it never moves.)
-                session._scope.deadline = deadline
+                self._cut_at(session, deadline)
         if not self._all_ended.is_set():
             try:
                 await self._all_ended.wait()
@@ -1164,6 +1182,8 @@ async def open_supervisor(**config: Any) -> AsyncIterator[Supervisor]:
     try:
         async with trio.open_nursery() as nursery:
             supervisor = Supervisor(cfg, nursery)
+            # Beside the sessions, until the last has ended.
+            nursery.start_soon(supervisor._run_timers, name="supervisor timers")
             try:
                 yield supervisor
             except BaseException:
@@ -1172,6 +1192,7 @@ async def open_supervisor(**config: Any) -> AsyncIterator[Supervisor]:
                 raise
             else:
                 await supervisor.shutdown()
+                supervisor._timers_scope.cancel()
     finally:
         if supervisor is not None:
             supervisor._bus.close()
