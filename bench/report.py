@@ -393,7 +393,8 @@ def _million(million: dict[str, Any]) -> list[str]:
         if key in shown or key in _MILLION_OPS:
             continue
         if isinstance(value, int | float) and not isinstance(value, bool):
-            lines.append(f"| {key} | {value:,.4g} |")
+            text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+            lines.append(f"| {key} | {text} |")
         elif (
             isinstance(value, dict)
             and value
@@ -437,12 +438,12 @@ def _shown(check: dict[str, Any]) -> str:
     value = check.get("value")
     if value is None:
         return ""
+    if check.get("section") == "million":
+        return ""
     if "lateness" in check["target"]:
         return f"{value * 1000:.2f} ms"
     if "early" in check["target"]:
         return f"{int(value)} early"
-    if check.get("section") == "million":
-        return ""
     return f"{value:.2f}" if "fraction" in check["target"] else f"{value:.2f}x"
 
 

@@ -537,6 +537,8 @@ def million_checks(million: dict[str, Any] | None) -> list[dict[str, Any]]:
             checks.append(_pending("million", what, "million"))
             continue
         shown = f"{value / 1024:.2f} KB" if unit == "bytes" else f"{value:.4g} {unit}".strip()
+        if key == "create_seconds" and isinstance(million.get("n"), int):
+            shown += f" for {million['n']:,}"
         if key == "cost_growth" and isinstance(growth, dict):
             shown = ", ".join(f"{op} {r:.2f}x" for op, r in growth.items())
         checks.append(
