@@ -153,8 +153,8 @@ _SUBJECT_COLORS = {
 }
 _SUBJECT_LABELS = {
     "ours": "ours",
-    "handle": "ours\nhandle",
-    "no_handle": "ours\nno handle",
+    "handle": "ours,\nhandle",
+    "no_handle": "ours,\nno hdl",
     "sdk": "SDK",
     "sdk_stateless": "SDK\nstateless",
     "ceiling": "ceiling",
@@ -180,7 +180,7 @@ def _http(http: dict[str, Any], path: Path) -> None:
         for x, n in zip(xs, names, strict=True):
             runs = http["raw"][group][metric][n]
             ax.plot([x] * len(runs), runs, "k.", ms=4)
-        ax.set_xticks(list(xs), [_SUBJECT_LABELS[n] for n in names], fontsize=8)
+        ax.set_xticks(list(xs), [_SUBJECT_LABELS[n] for n in names], fontsize=7)
         ax.set_title(f"{_GROUP_LABELS[group]}: {metric.replace('_per_s', '/s')}", fontsize=10)
     mem = s.get("memory_per_idle_session", {})
     ax = flat[len(panels)]
@@ -202,15 +202,16 @@ def _http(http: dict[str, Any], path: Path) -> None:
             layers += [layer for layer in p["layers"] if layer not in layers]
         names = list(profiles)
         left = [0.0] * len(names)
-        cmap = plt.get_cmap("tab10")
+        cmap = plt.get_cmap("tab20")
         for j, layer in enumerate(layers):
             widths = [profiles[n]["layers"].get(layer, 0.0) for n in names]
-            ax.barh(range(len(names)), widths, left=left, color=cmap(j % 10), label=layer)
+            ax.barh(range(len(names)), widths, left=left, color=cmap(j % 20), label=layer)
             left = [a + b for a, b in zip(left, widths, strict=True)]
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlim(0, 1)
-        ax.set_title("busy time by layer (cProfile)", fontsize=10)
+        profiler = next(iter(profiles.values())).get("profiler", "cProfile")
+        ax.set_title(f"busy time by layer ({profiler})", fontsize=10)
         ax.legend(fontsize=6, loc="lower left", bbox_to_anchor=(1.0, 0.0))
     else:
         ax.axis("off")
