@@ -531,7 +531,7 @@ def _close_mailbox(session: Session) -> None:
     receiver = session._receiver
     if receiver is not None:
         session._receiver = None
-        trio.lowlevel.reschedule(receiver, outcome.Error(trio.EndOfChannel()))
+        trio.lowlevel.reschedule(receiver, outcome.Value(None))  # the end: see __anext__
     _fail_senders(session, trio.ClosedResourceError)
 
 
@@ -544,7 +544,7 @@ def _drop_mailbox(session: Session) -> None:
     receiver = session._receiver  # a background task of the session, say
     if receiver is not None:
         session._receiver = None
-        trio.lowlevel.reschedule(receiver, outcome.Error(trio.EndOfChannel()))
+        trio.lowlevel.reschedule(receiver, outcome.Value(None))  # the end: see __anext__
     _fail_senders(session, trio.BrokenResourceError)
 
 
@@ -595,6 +595,8 @@ class Mailbox(Generic[T]):
                         )
                     session._receiver = trio.lowlevel.current_task()
                     msg = await trio.lowlevel.wait_task_rescheduled(self._abort)
+                    if msg is None:  # the mailbox ended (cheaper than an exception thrown in)
+                        raise StopAsyncIteration
                 session._depth -= 1
                 if msg._status != _ABANDONED:
                     return msg
@@ -621,6 +623,8 @@ class Mailbox(Generic[T]):
                     )
                 session._receiver = trio.lowlevel.current_task()
                 msg = await trio.lowlevel.wait_task_rescheduled(self._abort)
+                if msg is None:  # the mailbox ended
+                    raise trio.EndOfChannel
             session._depth -= 1
             if msg._status != _ABANDONED:
                 return msg
