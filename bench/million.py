@@ -96,8 +96,10 @@ async def _ops(sup: Any, ids: list[str], actor: Any) -> dict[str, float]:
     """Nanoseconds per operation, medians over REPS batches of BATCH, with the given live set."""
     out: dict[str, list[float]] = {k: [] for k in ("create", "lookup", "touch", "send", "call")}
     out["close"] = []
+    out["lookup_bare_dict"] = []  # the floor of a lookup: a plain dict of the same ids
     step = max(1, len(ids) // BATCH)
     sample = ids[::step][:BATCH]
+    bare = {sid: sup.get_session(sid) for sid in ids}
     for _ in range(REPS):
         t0 = _ns()
         new = [sup.create_session_nowait(actor).id for _ in range(BATCH)]
@@ -108,6 +110,11 @@ async def _ops(sup: Any, ids: list[str], actor: Any) -> dict[str, float]:
         for sid in sample:
             get(sid)
         out["lookup"].append((_ns() - t0) / len(sample))
+        get_bare = bare.__getitem__
+        t0 = _ns()
+        for sid in sample:
+            get_bare(sid)
+        out["lookup_bare_dict"].append((_ns() - t0) / len(sample))
         t0 = _ns()
         for sid in sample:
             touch(sid)
@@ -181,8 +188,13 @@ async def _million(n: int, gc_mode: str, clock: trio.testing.MockClock) -> dict[
 
         result["ops_1m"] = await _ops(sup, ids, actor)
         result["ops_ratio"] = {
-            k: result["ops_1m"][k] / result["ops_1k"][k] for k in result["ops_1k"]
+            k: result["ops_1m"][k] / result["ops_1k"][k]
+            for k in result["ops_1k"]
+            if k != "lookup_bare_dict"
         }
+        result["bare_dict_lookup_growth"] = (
+            result["ops_1m"]["lookup_bare_dict"] / result["ops_1k"]["lookup_bare_dict"]
+        )
         deadline = max(sup.get_session(sid).deadline for sid in ids)
         earliest = min(sup.get_session(sid).deadline for sid in ids)
         result["deadline_spread_s"] = deadline - earliest
@@ -244,11 +256,12 @@ def _print(result: dict[str, Any]) -> None:
         f"{result['gc_seconds']:.1f} s, longest {result['gc_longest_ms']:.0f} ms)"
     )
     print(f"  RSS per session: {result['per_session_rss_bytes']:,.0f} B")
-    for op in result["ops_1k"]:
+    for op in result["ops_ratio"]:
         print(
             f"  {op:7s} {result['ops_1k'][op] / 1e3:7.2f} us at 1k, "
             f"{result['ops_1m'][op] / 1e3:7.2f} us at {n:,}: {result['ops_ratio'][op]:.2f}x"
         )
+    print(f"  (a plain dict's lookup grows {result['bare_dict_lookup_growth']:.2f}x)")
     print(
         f"  longest stall: idle {result['stall_idle_ms']:.1f} ms "
         f"(CPU {result['stall_idle_cpu_ms']:.1f} ms), "

@@ -13,6 +13,7 @@ constructed, which a library should not do to its host process).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import mcp_types as types
@@ -54,6 +55,9 @@ _OWN_TOOLS = [
 #: client that checks calls against the listing, as the official Python client does, would
 #: otherwise refuse them).
 _TOOLS = [*(with_session_argument(tool) for tool in _OWN_TOOLS), *SESSION_TOOLS]
+#: Input schemas by tool name: the 2026-07-28 HTTP path checks ``Mcp-Param-*`` headers against
+#: them, and without this lookup the SDK runs the whole ``tools/list`` handler on every call.
+_INPUT_SCHEMAS: dict[str, Mapping[str, Any]] = {tool.name: tool.input_schema for tool in _TOOLS}
 
 
 def _text(text: str, *, error: bool = False) -> types.CallToolResult:
@@ -123,4 +127,5 @@ def create_demo_server(name: str = "supervisor-demo") -> Server[Any]:
         ),
         on_list_tools=_list_tools,
         on_call_tool=_call_tool,
+        get_tool_input_schema=_INPUT_SCHEMAS.get,
     )
