@@ -663,10 +663,14 @@ class Supervisor:
                 self._bus.publish(EventKind.AUTHENTICATED, session, now)
 
     def _close(self, session: Session, reason: str, grace: float | None = None) -> bool:
-        if _ending(session):
-            return False  # its end is decided already (an expiry that fired, actor-returned...)
-        session._close_reason = reason
+        if session._close_reason is not None or session._error is not None:
+            return False  # its end is decided already (closing, actor-returned, failed...)
         now = trio.current_time()
+        due = _due(session)
+        if due <= now:
+            _expire(session, due)  # the deadline passed first: the session stays EXPIRED
+            return False
+        session._close_reason = reason
         if session._state is not _S.CLOSING:
             self._transition(session, _S.CLOSING, now)
         _close_mailbox(session)
