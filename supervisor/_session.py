@@ -532,7 +532,8 @@ def _close_mailbox(session: Session) -> None:
     if receiver is not None:
         session._receiver = None
         trio.lowlevel.reschedule(receiver, outcome.Value(None))  # the end: see __anext__
-    _fail_senders(session, trio.ClosedResourceError)
+    if session._senders:
+        _fail_senders(session, trio.ClosedResourceError)
 
 
 def _drop_mailbox(session: Session) -> None:
@@ -545,7 +546,8 @@ def _drop_mailbox(session: Session) -> None:
     if receiver is not None:
         session._receiver = None
         trio.lowlevel.reschedule(receiver, outcome.Value(None))  # the end: see __anext__
-    _fail_senders(session, trio.BrokenResourceError)
+    if session._senders:
+        _fail_senders(session, trio.BrokenResourceError)
 
 
 def _fail_senders(session: Session, error: type[Exception]) -> None:

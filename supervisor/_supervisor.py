@@ -473,7 +473,7 @@ class Supervisor:
 
     def _actor_returned(self, session: Session) -> None:
         session._actor_done = True
-        if not _ending(session):
+        if session._close_reason is None and session._error is None and not _ending(session):
             session._close_reason = "actor-returned"  # decided now: a later close changes nothing
         # Messages still buffered are dropped (their callers get SessionClosed when the session
         # ends); senders waiting for room uncount themselves when they fail.
@@ -553,15 +553,18 @@ class Supervisor:
         # Set before the last transitions so their snapshots already say why the session ends.
         session._close_reason = reason
         session._in_flight = 0  # a busy() block still open, or calls still waiting, end here
-        if kind is EventKind.FAILED:
-            self._transition(session, _S.ERROR, now)
-        else:
-            if session._state is not _S.CLOSING:
+        final = _S.ERROR if kind is EventKind.FAILED else _S.CLOSED
+        if self._bus:
+            if final is _S.CLOSED and session._state is not _S.CLOSING:
                 self._transition(session, _S.CLOSING, now)
-            self._transition(session, _S.CLOSED, now)
+            self._transition(session, final, now)
+            self._by_state[final] -= 1  # an ended session is counted in no state
+        else:
+            # The same steps with nobody to tell: the session leaves the state it was in.
+            self._by_state[session._state] -= 1
+            session._state = final
         session._ended = True
         del self._sessions[session._id]
-        self._by_state[session._state] -= 1
         self._by_transport[session._transport] -= 1
         if session._authenticated:
             self._authenticated -= 1
