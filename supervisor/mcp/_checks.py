@@ -72,10 +72,35 @@ def _origin_ok(scope: Scope, allowed_hosts: Iterable[str], allowed_origins: Iter
     return True
 
 
+#: The Accept values clients send most, and whether they list JSON and SSE (the fast path).
+_COMMON_ACCEPTS: dict[str, tuple[bool, bool]] = {
+    "application/json, text/event-stream": (True, True),
+    "text/event-stream, application/json": (True, True),
+    "application/json,text/event-stream": (True, True),
+    "application/json": (True, False),
+    "*/*": (True, True),
+}
+
+
+def _accepts(accept: str) -> tuple[bool, bool]:
+    """(lists JSON, lists SSE) for an Accept header, with RFC 7231 wildcards."""
+    known = _COMMON_ACCEPTS.get(accept)
+    if known is not None:
+        return known
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    anything = "*/*" in types
+    has_json = anything or "application/json" in types or "application/*" in types
+    has_sse = anything or "text/event-stream" in types or "text/*" in types
+    return has_json, has_sse
+
+
 async def _post_headers_ok(scope: Scope, send: Send, *, json_response: bool) -> bool:
     """Content-Type and Accept of a POST (answered here so every refusal is JSON-RPC)."""
-    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
-    if content_type != "application/json":
+    content_type = _header(scope, b"content-type") or ""
+    if (
+        content_type != "application/json"
+        and content_type.split(";")[0].strip().lower() != "application/json"
+    ):
         await _rpc_error(
             send,
             415,
@@ -83,12 +108,7 @@ async def _post_headers_ok(scope: Scope, send: Send, *, json_response: bool) -> 
             "Unsupported Media Type: Content-Type must be application/json",
         )
         return False
-    accept = [
-        part.split(";")[0].strip().lower() for part in (_header(scope, b"accept") or "").split(",")
-    ]
-    anything = "*/*" in accept
-    has_json = anything or "application/json" in accept or "application/*" in accept
-    has_sse = anything or "text/event-stream" in accept or "text/*" in accept
+    has_json, has_sse = _accepts(_header(scope, b"accept") or "")
     if not has_json or (not json_response and not has_sse):
         await _rpc_error(
             send,

@@ -5,7 +5,7 @@ and the session's actor (`_run_http_session`) share: the session's lean wire (`_
 and the count of its requests in flight. The actor runs the SDK's protocol loop over the wire;
 each HTTP request of the session runs in its own task (the ASGI server's), counted in by
 `_HttpSession.enter` (the idle clock paused, as for a `Supervisor.call`), and does its wire work
-there.
+there (`_run_request`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ logger = logging.getLogger("supervisor.mcp")
 class _HttpSession:
     """What the app and the actor of one HTTP session share.
 
-    The app creates it with the session (the actor gets it as an argument); the actor sets
-    ``ctx`` when it starts and ``closed`` when it stops taking requests. `enter`/`leave` count
-    a request in and out: in flight for the drain, and (``pinned``) busy for the idle clock.
+    The app creates it with the session and finds it by session id; the actor calls `started`
+    when it starts and sets ``draining`` when it stops taking requests. `enter`/`leave` count a
+    request in and out: in flight for the drain, and (``pinned``) busy for the idle clock.
     """
 
     __slots__ = (

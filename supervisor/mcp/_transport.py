@@ -319,6 +319,8 @@ def _accepts_sse(scope: Scope) -> bool:
 def _content_type_ok(scope: Scope) -> bool:
     """The SDK's Content-Type check for a POST (after the app's own, which is looser)."""
     content_type = _header(scope, b"content-type") or ""
+    if content_type == "application/json":
+        return True
     return any(part.strip() == "application/json" for part in content_type.split(";")[0].split(","))
 
 
