@@ -377,3 +377,32 @@ async def test_json_mode_drops_what_only_a_stream_could_carry() -> None:
     await wire.route(SessionMessage(JSONRPCResponse(jsonrpc="2.0", id=7, result={})))
     assert [e.message for e in stream.events] == [JSONRPCResponse(jsonrpc="2.0", id=7, result={})]
     assert wire._store is not None and len(wire._store.events) == 1  # type: ignore[attr-defined]
+
+
+async def test_a_body_queued_on_a_trio_channel_is_read_at_once_and_the_rest_waited_for() -> None:
+    from supervisor.mcp._checks import _read_request_body
+
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {"type": "http", "headers": []}
+    queue, receive_channel = trio.open_memory_channel[dict[str, Any]](10)
+    queue.send_nowait({"type": "http.request", "body": b'{"a":', "more_body": True})
+    queue.send_nowait({"type": "http.request", "body": b"1}", "more_body": False})
+    body = await _read_request_body(scope, receive_channel.receive, send, limit=100, within=1)
+    assert body == b'{"a":1}'
+    # Part queued, the rest comes later: read in full.
+    queue.send_nowait({"type": "http.request", "body": b"ab", "more_body": True})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.send, {"type": "http.request", "body": b"cd", "more_body": False})
+        body = await _read_request_body(scope, receive_channel.receive, send, limit=100, within=1)
+    assert body == b"abcd"
+    # Too large already in what is queued: 413.
+    queue.send_nowait({"type": "http.request", "body": b"x" * 80, "more_body": True})
+    queue.send_nowait({"type": "http.request", "body": b"x" * 80, "more_body": False})
+    assert (
+        await _read_request_body(scope, receive_channel.receive, send, limit=100, within=1) is None
+    )
+    assert sent[0]["status"] == 413

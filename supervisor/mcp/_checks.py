@@ -6,7 +6,7 @@ A check that refuses a request answers it with a JSON-RPC error body (see `_asgi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -124,23 +124,67 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """Read the whole request body; returns (body, disconnected)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks), True
-        if message["type"] != "http.request":  # pragma: no cover - not in the ASGI spec
-            continue
+def _queued(receive: Receive) -> Callable[[], ASGIMessage] | None:
+    """``receive_nowait`` of the channel behind ``receive``, if it is a trio memory channel's.
+
+    hypercorn's trio worker hands the app its channel's bound ``receive``, and queues a small
+    body before the app first runs: it is then read at once, with no timer and no yield.
+    """
+    if getattr(receive, "__func__", None) is trio.MemoryReceiveChannel.receive:
+        nowait: Callable[[], ASGIMessage] = getattr(receive, "__self__").receive_nowait  # noqa: B009
+        return nowait
+    return None
+
+
+class _Body:
+    """A request body being read: its chunks so far and their size."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def take(self, message: ASGIMessage, limit: int) -> tuple[bytes, bool] | None:
+        """Add one message: (body, disconnected) once the body is whole, else None."""
+        kind = message["type"]
+        if kind == "http.disconnect":
+            return b"".join(self.chunks), True
+        if kind != "http.request":  # pragma: no cover - not in the ASGI spec
+            return None
         chunk = bytes(message.get("body", b""))
-        size += len(chunk)
-        if size > limit:
+        self.size += len(chunk)
+        if self.size > limit:
             raise _BodyTooLarge
-        chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks), False
+            if not self.chunks:
+                return chunk, False
+            self.chunks.append(chunk)
+            return b"".join(self.chunks), False
+        self.chunks.append(chunk)
+        return None
+
+
+def _read_queued(
+    nowait: Callable[[], ASGIMessage], limit: int, body: _Body
+) -> tuple[bytes, bool] | None:
+    """The body from messages already queued, or None when the rest must be waited for."""
+    while True:
+        try:
+            message = nowait()
+        except trio.WouldBlock:
+            return None
+        read = body.take(message, limit)
+        if read is not None:
+            return read
+
+
+async def _read_body(receive: Receive, limit: int, body: _Body) -> tuple[bytes, bool]:
+    """Read the rest of the request body; returns (body, disconnected)."""
+    while True:
+        read = body.take(await receive(), limit)
+        if read is not None:
+            return read
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -167,9 +211,19 @@ async def _read_request_body(
         return None
     body: bytes | None = None
     disconnected = False
+    reading = _Body()
+    nowait = _queued(receive)
+    if nowait is not None:
+        try:
+            read = _read_queued(nowait, limit, reading)
+        except _BodyTooLarge:
+            await _rpc_error(send, 413, INVALID_REQUEST, "Payload Too Large")
+            return None
+        if read is not None:
+            return None if read[1] else read[0]
     with trio.move_on_after(within):
         try:
-            body, disconnected = await _read_body(receive, limit)
+            body, disconnected = await _read_body(receive, limit, reading)
         except _BodyTooLarge:
             await _rpc_error(send, 413, INVALID_REQUEST, "Payload Too Large")
             return None
