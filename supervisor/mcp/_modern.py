@@ -24,6 +24,7 @@ decides the refusals.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections.abc import Mapping
@@ -282,8 +283,11 @@ async def _serve_sse(
     watching = trio.CancelScope()
     # The handler runs here, in the request's task; the watcher is a system task, not a child
     # in a nursery of this request: no nursery to open and wait out, and ending it is a
-    # cancel. The ping and disconnect semantics are the SDK's task group's.
-    trio.lowlevel.spawn_system_task(_watch, stream, receive, handler, watching)
+    # cancel. The ping and disconnect semantics are the SDK's task group's. It runs in a copy
+    # of the request's context, as the SDK's pings do: a middleware's ``send`` may read it.
+    trio.lowlevel.spawn_system_task(
+        _watch, stream, receive, handler, watching, context=contextvars.copy_context()
+    )
     try:
         with handler:
             reply = await _answer(server, dctx, req, connection, lifespan_state)
