@@ -415,9 +415,9 @@ async def serve_modern(
 
     request = Request(scope, receive)
     request._body = body  # what `Request.body()` caches: a handler reading it gets the body
-    rejection_ = await _mcp_param_rejection(server, request, req, verdict, lifespan_state)
-    if rejection_ is not None:
-        await _write_rejection(send, rejection_, req.id)
+    param_rejection = await _mcp_param_rejection(server, request, req, verdict, lifespan_state)
+    if param_rejection is not None:
+        await _write_rejection(send, param_rejection, req.id)
         return
 
     connection = Connection.from_envelope(
