@@ -26,11 +26,12 @@ def test_no_private_names_leak() -> None:
 #: The adapter's modules, bottom up: a module imports only from layers below its own (never from
 #: its own layer or above, not even under TYPE_CHECKING or inside a function), so no two import
 #: each other. The HTTP front end: the ASGI vocabulary (`_asgi`); request checks and bearer
-#: tokens; the HTTP session actor and the WebSocket transport; the app that routes (`_http`);
+#: tokens, the session wire and the 2026-07-28 single exchange; the HTTP session actor and the
+#: WebSocket transport; the app that routes (`_http`);
 #: serving it with hypercorn.
 ADAPTER_LAYERS = [
     {"_session", "_asgi"},
-    {"_handles", "_checks", "_auth", "_transport"},
+    {"_handles", "_checks", "_auth", "_transport", "_modern"},
     {"_demo", "_memory", "_stdio", "_http_session", "_websocket"},
     {"_http"},
     {"_serving"},
