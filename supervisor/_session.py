@@ -390,17 +390,17 @@ def _expire(session: Session, fired: float) -> None:
     session._scope.cancel()
 
 
-def _ending(session: Session) -> bool:
+def _ending(session: Session, now: float | None = None) -> bool:
     """True once the session's end is decided; decides an expiry whose deadline has passed.
 
     A session is ending once it has a close reason (closed, shut down, its actor returned, an
-    expiry already decided) or a failure, or once it is due (`_expire` decides it now). Reads
-    the clock: not for the hottest paths, which compare their own ``now`` with `_due` first.
+    expiry already decided) or a failure, or once it is due at ``now`` (default: the clock);
+    `_expire` then decides it.
     """
     if session._close_reason is not None or session._error is not None:
         return True
     due = _due(session)
-    if due <= trio.current_time():
+    if due <= (trio.current_time() if now is None else now):
         _expire(session, due)
         return True
     return False
@@ -424,11 +424,8 @@ def _touch(session: Session, now: float) -> None:
     No effect once a deadline has passed: the session is ending (or about to be found so), and
     the deadline that passed stays as it is.
     """
-    if session._close_reason is None:
-        if now >= session._hard:
-            return  # the init or lifetime deadline passed
-        if session._in_flight == 0 and now >= session._last_activity + session._idle_timeout:
-            return  # the idle deadline passed
+    if session._close_reason is None and now >= _due(session):
+        return  # a deadline passed
     session._last_activity = now
 
 
@@ -528,12 +525,7 @@ def _take_nowait(session: Session) -> Message[Any]:
 def _close_mailbox(session: Session) -> None:
     """Asked to close: the receiver drains what is buffered, then the mailbox ends."""
     session._mail_closed = True
-    receiver = session._receiver
-    if receiver is not None:
-        session._receiver = None
-        trio.lowlevel.reschedule(receiver, outcome.Value(None))  # the end: see __anext__
-    if session._senders:
-        _fail_senders(session, trio.ClosedResourceError)
+    _end_waiters(session, trio.ClosedResourceError)
 
 
 def _drop_mailbox(session: Session) -> None:
@@ -542,15 +534,16 @@ def _drop_mailbox(session: Session) -> None:
     if queue:
         session._depth -= len(queue)
         queue.clear()
-    receiver = session._receiver  # a background task of the session, say
+    _end_waiters(session, trio.BrokenResourceError)
+
+
+def _end_waiters(session: Session, error: type[Exception]) -> None:
+    """The mailbox ends for its waiters: the receiver (the actor, or a background task of the
+    session) with a value meaning the end (see `Mailbox.__anext__`), senders with ``error``."""
+    receiver = session._receiver
     if receiver is not None:
         session._receiver = None
-        trio.lowlevel.reschedule(receiver, outcome.Value(None))  # the end: see __anext__
-    if session._senders:
-        _fail_senders(session, trio.BrokenResourceError)
-
-
-def _fail_senders(session: Session, error: type[Exception]) -> None:
+        trio.lowlevel.reschedule(receiver, outcome.Value(None))
     senders = session._senders
     while senders:
         task, _ = senders.popleft()

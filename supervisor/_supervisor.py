@@ -473,7 +473,7 @@ class Supervisor:
 
     def _actor_returned(self, session: Session) -> None:
         session._actor_done = True
-        if session._close_reason is None and session._error is None and not _ending(session):
+        if not _ending(session):
             session._close_reason = "actor-returned"  # decided now: a later close changes nothing
         # Messages still buffered are dropped (their callers get SessionClosed when the session
         # ends); senders waiting for room uncount themselves when they fail.
@@ -553,18 +553,15 @@ class Supervisor:
         # Set before the last transitions so their snapshots already say why the session ends.
         session._close_reason = reason
         session._in_flight = 0  # a busy() block still open, or calls still waiting, end here
-        final = _S.ERROR if kind is EventKind.FAILED else _S.CLOSED
-        if self._bus:
-            if final is _S.CLOSED and session._state is not _S.CLOSING:
-                self._transition(session, _S.CLOSING, now)
-            self._transition(session, final, now)
-            self._by_state[final] -= 1  # an ended session is counted in no state
+        if kind is EventKind.FAILED:
+            self._transition(session, _S.ERROR, now)
         else:
-            # The same steps with nobody to tell: the session leaves the state it was in.
-            self._by_state[session._state] -= 1
-            session._state = final
+            if session._state is not _S.CLOSING:
+                self._transition(session, _S.CLOSING, now)
+            self._transition(session, _S.CLOSED, now)
         session._ended = True
         del self._sessions[session._id]
+        self._by_state[session._state] -= 1  # an ended session is counted in no state
         self._by_transport[session._transport] -= 1
         if session._authenticated:
             self._authenticated -= 1
@@ -666,13 +663,9 @@ class Supervisor:
                 self._bus.publish(EventKind.AUTHENTICATED, session, now)
 
     def _close(self, session: Session, reason: str, grace: float | None = None) -> bool:
-        if session._close_reason is not None or session._error is not None:
-            return False  # its end is decided already (closing, actor-returned, failed...)
         now = trio.current_time()
-        due = _due(session)
-        if due <= now:
-            _expire(session, due)  # the deadline passed first: the session stays EXPIRED
-            return False
+        if _ending(session, now):
+            return False  # its end is decided already (an expiry that passed, actor-returned...)
         session._close_reason = reason
         if session._state is not _S.CLOSING:
             self._transition(session, _S.CLOSING, now)
@@ -833,7 +826,7 @@ class Supervisor:
 
     def _deliverable(self, session_id: str, now: float) -> Session:
         session = self._live(session_id)
-        if session._close_reason is not None or (now >= _due(session) and _ending(session)):
+        if _ending(session, now):
             raise SessionClosed(f"session {_short(session_id)} is closing")
         return session
 
