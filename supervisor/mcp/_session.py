@@ -297,8 +297,26 @@ class _ClosesOnExit:
         await self.aclose()
 
 
+class _ReadsUntilEnd(_ClosesOnExit):
+    """A read stream handed to the SDK: ``async for`` over `receive` until ``EndOfStream``."""
+
+    __slots__ = ()
+
+    async def receive(self) -> SessionMessage | Exception:
+        raise NotImplementedError
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
 @final
-class _ObservedReadStream(_ClosesOnExit):
+class _ObservedReadStream(_ReadsUntilEnd):
     """Read side handed to the SDK: reports each message, and runs handlers in this session.
 
     The SDK's dispatcher starts each handler in the *sender's* context (``last_context``), which
@@ -339,15 +357,6 @@ class _ObservedReadStream(_ClosesOnExit):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
 
 
 @final

@@ -54,7 +54,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from ._asgi import Receive, Scope, Send, _header
-from ._session import _ClosesOnExit
+from ._session import _ClosesOnExit, _ReadsUntilEnd
 
 if TYPE_CHECKING:
     from mcp_types import JSONRPCMessage
@@ -122,7 +122,7 @@ def _error_body(code: int, message: str) -> bytes:
 
 
 @final
-class _Inbox(_ClosesOnExit):
+class _Inbox(_ReadsUntilEnd):
     """The protocol loop's read stream: messages from the session's requests, in order.
 
     A single consumer parks in `receive` (a `trio.lowlevel` park); a sender hands its message
@@ -190,15 +190,6 @@ class _Inbox(_ClosesOnExit):
 
     async def aclose(self) -> None:
         self.close()
-
-    def __aiter__(self) -> _Inbox:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
 
 
 @final
