@@ -187,20 +187,6 @@ async def _read_body(receive: Receive, limit: int, body: _Body) -> tuple[bytes, 
             return read
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that yields ``body`` once, then defers to ``receive`` (disconnects)."""
-    sent = False
-
-    async def replay() -> ASGIMessage:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
 async def _read_request_body(
     scope: Scope, receive: Receive, send: Send, *, limit: int, within: float
 ) -> bytes | None:
