@@ -12,8 +12,8 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Generic, TypeAlias, TypeVar, final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
 
 import trio
 
@@ -52,6 +52,9 @@ from ._session import (
 from ._state import LIVE_STATES, SessionState, Transport, check_transition
 from ._stats import SessionMetrics, SessionStatistics
 from ._timers import EXPIRY_COST, Timers
+
+if TYPE_CHECKING:
+    from ._cluster import ClusterHook
 
 __all__ = ["Actor", "SessionContext", "Supervisor", "open_supervisor"]
 
@@ -203,9 +206,12 @@ class Supervisor:
     unless its docstring says otherwise; ``async`` methods are trio checkpoints.
     """
 
-    def __init__(self, config: SupervisorConfig, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, config: SupervisorConfig, nursery: trio.Nursery, cluster: ClusterHook | None = None
+    ) -> None:
         self._config = config
         self._nursery = nursery
+        self._cluster = cluster
         self._sessions: dict[str, Session] = {}
         self._used = 0  # sessions not yet ended + slots reserved for woken waiters
         self._by_principal: dict[str, int] = {}
@@ -305,6 +311,12 @@ class Supervisor:
         if not self._has_room(principal):
             self._rejected_total += 1
             raise CapacityError(self._capacity_message(principal))
+        cluster = self._cluster
+        if cluster is not None:
+            refused = cluster.admit_nowait(principal)
+            if refused is not None:
+                self._rejected_total += 1
+                raise CapacityError(refused)
         self._reserve(principal)
         return self._spawn(actor, transport, principal, meta)
 
@@ -315,6 +327,7 @@ class Supervisor:
         transport: Transport = Transport.IN_PROCESS,
         principal: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        wait: bool = True,
     ) -> Session:
         """Like `create_session_nowait`, but wait for a slot instead of raising CapacityError.
 
@@ -322,19 +335,35 @@ class Supervisor:
         limit does not hold up others). Invalid arguments raise at once, before waiting.
         Cancellation-safe: a cancelled waiter takes no slot.
 
+        In cluster mode (``open_supervisor(cluster=...)``) the slot is also taken cluster-wide,
+        which may take a round trip to the cluster's store; waiting then also waits for a slot
+        freed on another node.
+
+        Args:
+            wait: False: refuse with CapacityError when full instead of waiting (in cluster
+                mode, unlike `create_session_nowait`, this may still take the round trip, so
+                it is refused only when the cluster is full).
+
         Raises:
             TypeError, ValueError: as `create_session_nowait`.
+            CapacityError: full and ``wait`` is False, or the cluster's store is unreachable.
             SupervisorClosed: shutdown began before a slot was found.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         transport, meta = _check_create(actor, transport, principal, metadata)
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
+        cluster = self._cluster
         if self._has_room(principal):
             self._reserve(principal)
-            session = self._spawn(actor, transport, principal, meta)
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return session
+            if cluster is None:
+                session = self._spawn(actor, transport, principal, meta)
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return session
+            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait)
+        if not wait:
+            self._rejected_total += 1
+            raise CapacityError(self._capacity_message(principal))
         waiter = _Waiter(principal)
         self._waiters.append(waiter)
         try:
@@ -348,6 +377,31 @@ class Supervisor:
         if waiter.closed or self._closing:
             if waiter.reserved:
                 self._release(principal)
+            raise SupervisorClosed("the supervisor is shutting down")
+        if cluster is not None:
+            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait)
+        return self._spawn(actor, transport, principal, meta)
+
+    async def _admit_cluster(
+        self,
+        cluster: ClusterHook,
+        actor: Actor,
+        transport: Transport,
+        principal: str | None,
+        meta: dict[str, Any] | None,
+        wait: bool,
+    ) -> Session:
+        """The local slot is reserved: take the cluster's, then spawn (or give both back)."""
+        try:
+            await cluster.admit(principal, wait=wait)
+        except BaseException as exc:
+            self._release(principal)
+            if isinstance(exc, CapacityError):
+                self._rejected_total += 1
+            raise
+        if self._closing:
+            cluster.release(principal)
+            self._release(principal)
             raise SupervisorClosed("the supervisor is shutting down")
         return self._spawn(actor, transport, principal, meta)
 
@@ -412,8 +466,9 @@ class Supervisor:
             if config.max_lifetime is not None:
                 lifetime_deadline = now + config.max_lifetime
                 hard = min(hard, lifetime_deadline)
+            cluster = self._cluster
             session = Session(
-                id=new_session_id(),
+                id=new_session_id() if cluster is None else cluster.new_session_id(),
                 transport=transport,
                 principal=principal,
                 created=now,
@@ -427,6 +482,8 @@ class Supervisor:
             # The task runs from the next scheduling point, after the registration below.
             self._nursery.start_soon(self._run_actor, session, actor, name=actor)
         except BaseException:
+            if self._cluster is not None:
+                self._cluster.release(principal)
             self._release(principal)
             raise
         if principal is not None:
@@ -438,6 +495,8 @@ class Supervisor:
         self._by_state[_S.CREATED] += 1
         self._by_transport[transport] += 1
         self._created_total += 1
+        if cluster is not None:
+            cluster.admitted(session)
         if self._bus:
             self._bus.publish(EventKind.CREATED, session, now)
             if principal is not None:
@@ -574,6 +633,10 @@ class Supervisor:
             for msg in session._pending:
                 msg._close(closed)
             session._pending = None
+        cluster = self._cluster
+        if cluster is not None:
+            cluster.ended(session)
+            cluster.release(session._principal)
         self._release(session._principal)
 
     # -- state ---------------------------------------------------------------------------------
@@ -636,7 +699,8 @@ class Supervisor:
         if self._bus:
             self._bus.publish(EventKind.INITIALIZED, session, now)
 
-    def _authenticate(self, session: Session, principal: str) -> None:
+    def _authenticate(self, session: Session, principal: str, bound: bool = False) -> None:
+        """Bind (or check) the principal; ``bound``: the cluster's principal slot is taken."""
         _check_principal(principal)
         _check_live(session)
         self._check_serving(session)
@@ -651,6 +715,11 @@ class Supervisor:
                 raise CapacityError(
                     f"maximum sessions per principal ({limit}) reached for {principal!r}"
                 )
+            cluster = self._cluster
+            if cluster is not None and not bound:
+                refused = cluster.bind_nowait(principal)
+                if refused is not None:
+                    raise CapacityError(refused)
             session._principal = principal
             self._by_principal[principal] = self._by_principal.get(principal, 0) + 1
             # The slot was counted without a principal; it now belongs to this one.
@@ -772,6 +841,42 @@ class Supervisor:
         """
         session = self._live(session_id)
         self._authenticate(session, principal)
+        return session
+
+    async def bind_principal(self, session_id: str, principal: str) -> Session:
+        """`authenticate_session`, which in cluster mode may wait for a round trip.
+
+        In cluster mode a principal's slot is counted cluster-wide; `authenticate_session`
+        can only spend a slot this node already holds for the principal, this takes one from
+        the cluster's store if need be. Without a cluster it is `authenticate_session`.
+
+        Raises:
+            As `authenticate_session`; CapacityError also when the cluster is unreachable.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        session = self._live(session_id)
+        cluster = self._cluster
+        if cluster is None or session._principal is not None:
+            self._authenticate(session, principal)
+            return session
+        _check_principal(principal)
+        _check_live(session)
+        self._check_serving(session)
+        limit = self._config.max_sessions_per_principal
+        if limit is not None and self._by_principal.get(principal, 0) >= limit:
+            raise CapacityError(
+                f"maximum sessions per principal ({limit}) reached for {principal!r}"
+            )
+        await cluster.bind(principal)
+        if session._principal is not None:  # bound meanwhile (by a concurrent caller)
+            cluster.unbind(principal)
+            self._authenticate(session, principal)
+            return session
+        try:
+            self._authenticate(session, principal, bound=True)
+        except BaseException:
+            cluster.unbind(principal)
+            raise
         return session
 
     def set_metadata(self, session_id: str, key: str, value: Any) -> None:
@@ -1164,7 +1269,9 @@ def _ours_to_swallow(exc: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def open_supervisor(**config: Any) -> AsyncIterator[Supervisor]:
+async def open_supervisor(
+    *, cluster: ClusterHook | None = None, **config: Any
+) -> AsyncIterator[Supervisor]:
     """Open a supervisor: a nursery whose tasks are the session actors.
 
     Keywords are the fields of `SupervisorConfig`. Leaving the block normally shuts down
@@ -1172,6 +1279,10 @@ async def open_supervisor(**config: Any) -> AsyncIterator[Supervisor]:
     cancels every session at once (each still gets its terminal event, reason
     ``"cancelled"``) and propagates. However the block is left, every subscription ends after
     the last terminal event.
+
+    ``cluster``: a `supervisor.cluster.Cluster` (or anything implementing the core's small
+    `ClusterHook` interface): the node joins the cluster before the block runs and leaves it
+    after the last session has ended; capacity then holds cluster-wide.
 
     Raises:
         TypeError: an unknown keyword.
@@ -1181,18 +1292,22 @@ async def open_supervisor(**config: Any) -> AsyncIterator[Supervisor]:
     supervisor: Supervisor | None = None
     try:
         async with trio.open_nursery() as nursery:
-            supervisor = Supervisor(cfg, nursery)
+            supervisor = Supervisor(cfg, nursery, cluster)
             # Beside the sessions, until the last has ended.
             nursery.start_soon(supervisor._run_timers, name="supervisor timers")
-            try:
-                yield supervisor
-            except BaseException:
-                supervisor._begin_shutdown()
-                nursery.cancel_scope.cancel()
-                raise
-            else:
-                await supervisor.shutdown()
-                supervisor._timers_scope.cancel()
+            joined: AbstractAsyncContextManager[None] = (
+                nullcontext() if cluster is None else cluster.attach(supervisor)
+            )
+            async with joined:
+                try:
+                    yield supervisor
+                except BaseException:
+                    supervisor._begin_shutdown()
+                    nursery.cancel_scope.cancel()
+                    raise
+                else:
+                    await supervisor.shutdown()
+            supervisor._timers_scope.cancel()
     finally:
         if supervisor is not None:
             supervisor._bus.close()
