@@ -245,6 +245,11 @@ class Supervisor:
         return self._config
 
     @property
+    def cluster(self) -> ClusterHook | None:
+        """The cluster this supervisor's node belongs to (``open_supervisor(cluster=...)``)."""
+        return self._cluster
+
+    @property
     def closing(self) -> bool:
         """True once shutdown has begun: no new session is admitted."""
         return self._closing
