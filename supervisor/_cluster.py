@@ -12,7 +12,9 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ._events import EventKind
     from ._session import Session
+    from ._state import SessionState
     from ._supervisor import Supervisor
 
 __all__ = ["ClusterHook"]
@@ -75,10 +77,16 @@ class ClusterHook(Protocol):
         """Give back a slot taken by `admit` or `admit_nowait` (and the principal's, if one)."""
         ...
 
-    def admitted(self, session: Session) -> None:
-        """The session exists now (its slot was admitted): register it."""
-        ...
+    def event(
+        self,
+        kind: EventKind,
+        session: Session,
+        reason: str | None,
+        old_state: SessionState | None,
+        new_state: SessionState | None,
+    ) -> None:
+        """Every lifecycle event, as it is published (synchronously, in order; never blocks).
 
-    def ended(self, session: Session) -> None:
-        """The session has ended (its slot is released next): unregister it."""
+        ``CREATED`` registers the session cluster-wide, a terminal event unregisters it.
+        """
         ...

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from types import TracebackType
-from typing import final
+from typing import TypeAlias, final
 
 import attrs
 import trio
@@ -186,19 +186,28 @@ class Subscription:
         self._lot.unpark_all()
 
 
+#: ``sink(kind, session, reason, old_state, new_state)``: see `EventBus.sink`.
+EventSink: TypeAlias = Callable[
+    [EventKind, Session, str | None, SessionState | None, SessionState | None], None
+]
+
+
 @final
 class EventBus:
     """Fan-out of events to subscriptions. Internal; reached through `Supervisor.subscribe`."""
 
-    __slots__ = ("_closed", "_subscriptions", "dropped_total")
+    __slots__ = ("_closed", "_subscriptions", "dropped_total", "sink")
 
     def __init__(self) -> None:
         self._subscriptions: list[Subscription] = []
         self._closed = False
         self.dropped_total = 0
+        #: Called with every event published, before the subscriptions get it (the cluster
+        #: layer's way in: `supervisor._cluster.ClusterHook.event`). Must not block or raise.
+        self.sink: EventSink | None = None
 
     def __bool__(self) -> bool:
-        return bool(self._subscriptions)
+        return bool(self._subscriptions) or self.sink is not None
 
     def __len__(self) -> int:
         return len(self._subscriptions)
@@ -231,6 +240,9 @@ class EventBus:
         new_state: SessionState | None = None,
     ) -> None:
         """Deliver to every matching subscription. Never blocks; O(subscribers)."""
+        sink = self.sink
+        if sink is not None:
+            sink(kind, session, reason, old_state, new_state)
         event = None
         session_id = session._id
         for sub in self._subscriptions:

@@ -217,6 +217,8 @@ class Supervisor:
         self._by_principal: dict[str, int] = {}
         self._waiters: deque[_Waiter] = deque()
         self._bus = EventBus()
+        if cluster is not None:
+            self._bus.sink = cluster.event
         self._closing = False
         self._all_ended = trio.Event()
         self._by_state = dict.fromkeys(SessionState, 0)
@@ -500,8 +502,6 @@ class Supervisor:
         self._by_state[_S.CREATED] += 1
         self._by_transport[transport] += 1
         self._created_total += 1
-        if cluster is not None:
-            cluster.admitted(session)
         if self._bus:
             self._bus.publish(EventKind.CREATED, session, now)
             if principal is not None:
@@ -640,7 +640,6 @@ class Supervisor:
             session._pending = None
         cluster = self._cluster
         if cluster is not None:
-            cluster.ended(session)
             cluster.release(session._principal)
         self._release(session._principal)
 
