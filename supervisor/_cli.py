@@ -12,6 +12,12 @@ Who may connect: loopback by default. ``--allowed-hosts``/``--allowed-origins`` 
 hosts, ``--auth-token-file``/``--auth`` require bearer tokens, and a bind that is not loopback
 is refused without authentication unless ``--allow-unauthenticated`` (see ``_ops._auth``).
 
+Cluster mode (``--cluster redis://HOST:PORT/DB``; also ``rediss://``, ``valkey://``,
+``valkeys://``; needs the ``[cluster]`` extra): the node joins the cluster before it serves and
+leaves it after its last session; requests for a session another node owns are forwarded to
+that node's ``--advertise`` address (default ``http://<--host>:<bound port>``, which a wildcard
+``--host`` cannot give). HTTP only.
+
 ``top`` draws a live view of a server started with ``--admin-port``. The operator options of
 ``serve`` (admin endpoint with Prometheus metrics, ``--log-level``, ``--log-format``, ``--top``)
 and the ``top`` command are implemented in ``supervisor._ops``.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import os
 import signal
 import stat
@@ -30,15 +37,31 @@ import traceback
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 import trio
 
 if TYPE_CHECKING:
     from . import Supervisor
     from ._ops._run import Operations
+    from .cluster import Cluster
     from .mcp import ServerSource
 
-__all__ = ["DEFAULT_INIT_TIMEOUT", "FORCE_EXIT_AFTER", "build_parser", "load_app", "main"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "DEFAULT_INIT_TIMEOUT",
+    "FORCE_EXIT_AFTER",
+    "build_parser",
+    "check_cluster_options",
+    "load_app",
+    "main",
+]
+
+#: The URL schemes ``--cluster`` accepts (Redis and Valkey, plain or TLS).
+CLUSTER_SCHEMES = ("redis", "rediss", "valkey", "valkeys")
+
+#: What to install for cluster mode.
+CLUSTER_EXTRA = "pip install 'trio-session-supervisor[cluster]'"
 
 #: ``serve``'s default ``--init-timeout`` (seconds). Finishing the MCP handshake takes an honest
 #: client two requests and well under a second; a client that opens a session and never
@@ -78,6 +101,131 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def _cluster_url(text: str) -> str:
+    """One ``--cluster`` value: a Redis/Valkey URL with a host."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a valid URL: {text!r} ({exc})") from None
+    if parts.scheme.lower() not in CLUSTER_SCHEMES or not parts.hostname:
+        schemes = ", ".join(f"{scheme}://" for scheme in CLUSTER_SCHEMES)
+        raise argparse.ArgumentTypeError(
+            f"expected {schemes} followed by HOST[:PORT][/DB], got {text!r}"
+        )
+    return text
+
+
+def _is_wildcard(host: str) -> bool:
+    """Whether ``host`` binds every address (``0.0.0.0``, ``::``, empty)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return not host.strip("[]")
+
+
+def _advertise_url(text: str) -> str:
+    """One ``--advertise`` value: ``http(s)://HOST:PORT`` that peers can reach."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a valid URL: {text!r} ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected http://HOST:PORT or https://..., got {text!r}")
+    if _is_wildcard(parts.hostname):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} names no address peers can reach: give this node's own host name or IP"
+        )
+    return text.rstrip("/")
+
+
+def check_cluster_options(args: argparse.Namespace) -> None:
+    """Refuse cluster options that cannot work, before anything binds.
+
+    Raises:
+        ValueError: cluster options without ``--cluster``, ``--cluster`` with ``--stdio``,
+            a wildcard ``--host`` without ``--advertise``, ``--lease-check`` not shorter than
+            ``--node-lease``, or the ``[cluster]`` extra (coredis) is not installed.
+    """
+    if getattr(args, "cluster", None) is None:
+        if getattr(args, "advertise", None) is not None:
+            raise ValueError("--advertise is for cluster mode: it needs --cluster")
+        return
+    if args.stdio:
+        raise ValueError("cluster mode is HTTP only: --cluster cannot serve --stdio")
+    if args.advertise is None and _is_wildcard(args.host):
+        raise ValueError(
+            f"--host {args.host or repr('')} binds every address, so peers cannot be told which "
+            "one reaches this node: pass --advertise http://HOST:PORT"
+        )
+    if not args.lease_check < args.node_lease:
+        raise ValueError(
+            f"--lease-check ({args.lease_check:g} s) must be shorter than --node-lease "
+            f"({args.node_lease:g} s): the lease is renewed every --lease-check"
+        )
+    try:
+        import coredis  # noqa: F401
+    except ImportError:
+        raise ValueError(f"cluster mode needs coredis: {CLUSTER_EXTRA}") from None
+
+
+def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
+    cluster = serve.add_argument_group(
+        "cluster mode",
+        "Several serve processes share one set of sessions through Redis or Valkey (needs "
+        f"{CLUSTER_EXTRA}; HTTP only). A request reaching a node that does not own its "
+        "session is forwarded to the owner.",
+    )
+    cluster.add_argument(
+        "--cluster",
+        type=_cluster_url,
+        default=None,
+        metavar="URL",
+        help="join the cluster whose store is at URL: redis://HOST:PORT/DB, rediss:// (TLS), "
+        "valkey:// or valkeys://; a password goes in the URL (redis://:PASSWORD@HOST)",
+    )
+    cluster.add_argument(
+        "--advertise",
+        type=_advertise_url,
+        default=None,
+        metavar="URL",
+        help="where the other nodes reach this one, http://HOST:PORT (default: --host and the "
+        "bound port; required when --host is a wildcard such as 0.0.0.0)",
+    )
+    cluster.add_argument(
+        "--node-lease",
+        type=_positive_float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long this node stays in the cluster without renewing its lease; a node that "
+        "cannot renew in time fences itself (default 3)",
+    )
+    cluster.add_argument(
+        "--lease-check",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often the lease is renewed and lapsed nodes are reaped (default 1)",
+    )
+
+
+def make_cluster(args: argparse.Namespace) -> Cluster | None:
+    """The `supervisor.cluster.Cluster` that ``--cluster`` asks for (``None`` without it)."""
+    if getattr(args, "cluster", None) is None:
+        return None
+    from .cluster import Cluster
+
+    return Cluster(
+        args.cluster,
+        advertise=args.advertise,
+        lease=args.node_lease,
+        check_every=args.lease_check,
+        # A store round trip must fit well within a renewal period (a third of the lease).
+        request_timeout=min(1.0, args.node_lease / 4),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a --host that is not loopback without authentication (anyone who can "
         "reach it may use it)",
     )
+    _add_cluster_options(serve)
     # The operator surface (admin endpoint, metrics, logging, top) lives in supervisor._ops.
     from ._ops._run import add_serve_options, add_top_command
 
@@ -283,7 +432,8 @@ async def _serve(args: argparse.Namespace, verifier: Any = None) -> int:
     out = sys.stderr if args.stdio else sys.stdout
     from ._ops._run import Operations
 
-    ops = Operations(args, out, token_verifier=verifier)
+    cluster = make_cluster(args)
+    ops = Operations(args, out, token_verifier=verifier, cluster=cluster)
     ops.configure()
     control = _Signals(out)
     status = 0
@@ -295,7 +445,7 @@ async def _serve(args: argparse.Namespace, verifier: Any = None) -> int:
                 # Cancelled, which cancels every session at once (each still gets its
                 # terminal event) instead of waiting out the grace period.
                 with control.everything:
-                    async with open_supervisor(**supervisor_config(args)) as sup:
+                    async with open_supervisor(cluster=cluster, **supervisor_config(args)) as sup:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(control.watch, signals)
                             await ops.start(sup, nursery)
@@ -367,6 +517,7 @@ async def _serve_http(
 ) -> None:
     async with trio.open_nursery() as http:
         url = await http.start(partial(ops.serve_http, sup, server, stop))
+        ops.bind_cluster(url)
         print(f"serving MCP on {url}", file=ops.out, flush=True)
         ops.announce(url)
         ops.start_live_view(sup, nursery, url)
@@ -375,6 +526,11 @@ async def _serve_http(
         # sessions, so hypercorn's connections can drain.
         await sup.shutdown()
         await ops.drained()
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,15 +546,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             # Before anything binds: a public bind without authentication never listens.
             warnings = check_exposure(args)
+            check_cluster_options(args)
             verifier = verifier_from_args(args)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+        from . import CapacityError
+
         try:
             return trio.run(_serve, args, verifier)
         except (ValueError, ImportError, AttributeError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except CapacityError as exc:  # ClusterUnavailable: the store did not answer the join
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except BaseExceptionGroup as group:  # the same, raised inside the supervisor's nursery
+            unavailable, rest = group.split(CapacityError)
+            if unavailable is None or rest is not None:
+                raise
+            print(f"error: {_first_leaf(unavailable)}", file=sys.stderr)
+            return 1
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -6,12 +6,20 @@ Routes (GET only):
     Prometheus text exposition (when metrics are on).
 ``/sessions``
     One JSON snapshot: counters and the newest live sessions (``?limit=N``, default 200).
+    With ``?scope=cluster`` (cluster mode): the sessions of every node, each with its node
+    (``Cluster.sessions``; 404 when this node is not in a cluster).
+``/cluster``
+    Cluster mode: the cluster as this node sees it (`supervisor.cluster.ClusterView` as JSON:
+    this node's id and state, live nodes with their sessions, held slots and lease left, and the
+    newest cluster events, ``?events=N``, default 20). 404 when the node is not in a cluster,
+    503 with the error when the cluster's store does not answer (within `CLUSTER_TIMEOUT`).
 ``/events``
     Newline-delimited JSON: a snapshot, then lifecycle events as they happen, a fresh snapshot
     shortly after each burst and a heartbeat snapshot every few seconds; the stream ends after
     the supervisor has shut down. This is what ``python -m supervisor top`` reads.
 
-Session ids appear truncated to 8 characters, never in full. Bound to loopback (the default)
+Session ids appear truncated to 8 characters, never in full (cluster events and cluster-wide
+sessions included). Bound to loopback (the default)
 the endpoint needs no token but refuses a Host header that is not a loopback name (DNS
 rebinding); bound elsewhere it needs a bearer token, and `serve_admin` refuses to start without
 one.
@@ -29,8 +37,17 @@ from urllib.parse import parse_qs
 
 import trio
 
+from .. import CapacityError
 from ._auth import is_loopback
-from ._feed import EventHistory, Frame, run_feed, snapshot_frame
+from ._feed import (
+    ClusterSource,
+    EventHistory,
+    Frame,
+    cluster_frame,
+    cluster_sessions_frame,
+    run_feed,
+    snapshot_frame,
+)
 
 if TYPE_CHECKING:
     from .. import Supervisor
@@ -38,14 +55,20 @@ if TYPE_CHECKING:
     # Types only: prometheus-client (the [metrics] extra) is optional, the endpoint is not.
     from ._metrics import OperatorMetrics, Receive, Scope, Send
 
-__all__ = ["AdminApp", "is_loopback", "serve_admin"]
+__all__ = ["CLUSTER_TIMEOUT", "AdminApp", "is_loopback", "serve_admin"]
+
+#: Seconds ``/cluster`` and ``/sessions?scope=cluster`` wait for the cluster's store before
+#: answering 503.
+CLUSTER_TIMEOUT = 2.0
 
 logger = logging.getLogger("supervisor.admin")
 
 _INDEX = b"""trio-session-supervisor admin endpoint
   /metrics   Prometheus metrics
   /sessions  JSON snapshot: counters and live sessions (ids truncated)
+             ?scope=cluster: sessions of every node of the cluster
   /events    newline-delimited JSON stream: snapshot, then lifecycle events
+  /cluster   JSON: this node, the cluster's nodes, sessions, slots and events (cluster mode)
 Live view: python -m supervisor top --url http://HOST:PORT
 """
 
@@ -97,6 +120,8 @@ class AdminApp:
         limit: most sessions listed in a snapshot.
         coalesce: seconds between an event and the snapshot that follows it on ``/events``.
         heartbeat: seconds between snapshots on ``/events`` while nothing happens.
+        cluster: the node's `supervisor.cluster.Cluster` in cluster mode (``None``: ``/cluster``
+            and ``/sessions?scope=cluster`` answer 404).
     """
 
     def __init__(
@@ -108,8 +133,10 @@ class AdminApp:
         limit: int = 200,
         coalesce: float = 0.1,
         heartbeat: float = 2.0,
+        cluster: ClusterSource | None = None,
     ) -> None:
         self.supervisor = supervisor
+        self.cluster = cluster
         self.metrics = metrics
         self.token = token
         self.limit = limit
@@ -154,7 +181,17 @@ class AdminApp:
         elif path == "/metrics" and self.metrics is not None:
             from ._metrics import CONTENT_TYPE
 
+            await self.metrics.refresh()
             await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE)
+        elif path == "/cluster":
+            events = 20
+            if "events" in query and query["events"][0].isascii() and query["events"][0].isdigit():
+                events = min(int(query["events"][0]), 1000)
+            await self._cluster(send, lambda cluster: self._cluster_view(cluster, events))
+        elif path == "/sessions" and query.get("scope", ["local"])[0] == "cluster":
+            await self._cluster(send, lambda cluster: self._cluster_sessions(cluster, limit))
+        elif path == "/sessions" and query.get("scope", ["local"])[0] != "local":
+            await _respond(send, 400, b"Bad Request: scope is local (the default) or cluster\n")
         elif path == "/sessions":
             body = json.dumps(snapshot_frame(self.supervisor, limit=limit), indent=1).encode()
             await _respond(send, 200, body + b"\n", "application/json")
@@ -162,6 +199,32 @@ class AdminApp:
             await self._events(receive, send, limit)
         else:
             await _respond(send, 404, b"Not Found\n")
+
+    async def _cluster(self, send: Send, read: Callable[[ClusterSource], Awaitable[Frame]]) -> None:
+        """Answer with what ``read`` gets from the cluster: 404 unclustered, 503 unreachable."""
+        if self.cluster is None:
+            await _respond(send, 404, b"Not Found: this node is not in a cluster (no --cluster)\n")
+            return
+        frame: Frame | None = None
+        error = f"no answer from the cluster's store within {CLUSTER_TIMEOUT:g} s"
+        with trio.move_on_after(CLUSTER_TIMEOUT):
+            try:
+                frame = await read(self.cluster)
+            except CapacityError as exc:  # ClusterUnavailable: the store did not answer
+                error = str(exc) or type(exc).__name__
+        if frame is None:
+            body = f"Service Unavailable: cluster unavailable: {error}".replace("\n", " ")
+            await _respond(send, 503, body.encode() + b"\n")
+            return
+        await _respond(send, 200, json.dumps(frame, indent=1).encode() + b"\n", "application/json")
+
+    @staticmethod
+    async def _cluster_view(cluster: ClusterSource, events: int) -> Frame:
+        return cluster_frame(await cluster.view(events=events))
+
+    @staticmethod
+    async def _cluster_sessions(cluster: ClusterSource, limit: int) -> Frame:
+        return cluster_sessions_frame(cluster.node_id, await cluster.sessions(limit=limit))
 
     def _allowed(self, scope: Scope) -> bool:
         if self.token is not None:

@@ -12,6 +12,11 @@ state handle: a handle (metadata ``{"era": "2026-07-28", "state_handle": True}``
 2026-07-28 era; any other session shows the protocol version its client negotiated, or
 ``"handshake"`` before it has negotiated one. A snapshot's ``stats`` count live sessions by
 kind: ``{"handle": N, "protocol": M}`` (every session that is not a handle is ``protocol``).
+
+In cluster mode a *cluster* frame (`cluster_frame`) describes the whole cluster as one node
+sees it (a `supervisor.cluster.ClusterView`): nodes, sessions and slots, the newest cluster
+events; `cluster_sessions_frame` lists sessions cluster-wide. Session ids are truncated there
+too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -31,12 +36,16 @@ from .._ids import short_id as short_id
 
 if TYPE_CHECKING:
     from .. import Session, SessionSnapshot, SessionStatistics, Supervisor
+    from ..cluster._view import ClusterView
 
 __all__ = [
     "HANDSHAKE_ERA",
     "ID_PREFIX",
+    "ClusterSource",
     "EventHistory",
     "Frame",
+    "cluster_frame",
+    "cluster_sessions_frame",
     "event_frame",
     "is_state_handle",
     "run_feed",
@@ -45,6 +54,22 @@ __all__ = [
     "snapshot_frame",
     "stats_dict",
 ]
+
+
+class ClusterSource(Protocol):
+    """What the operator surface reads of a `supervisor.cluster.Cluster` (typed here so this
+    module does not import the optional cluster layer)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    async def view(self, events: int = 20) -> ClusterView: ...
+
+    async def sessions(self, limit: int = 200) -> list[dict[str, object]]: ...
+
 
 #: Longest principal shown; principals can be long (issuer + subject).
 PRINCIPAL_WIDTH = 40
@@ -239,6 +264,70 @@ async def run_feed(
             await emit(batch)
             if ended:
                 return
+
+
+def cluster_frame(view: ClusterView) -> Frame:
+    """A `ClusterView` as JSON-ready data; session ids truncated, ``wall`` the time now.
+
+    ``nodes[i]["lease"]`` is the seconds left on that node's lease when the view was read
+    (``None``: lapsed). Events keep their ``id``, ``node``, ``kind``, ``reason`` and ``at``
+    (wall seconds) and a truncated ``session`` ("" for node entries); their other stored
+    fields are not passed on (a principal or an id in them is not for every viewer).
+    """
+    return {
+        "type": "cluster",
+        "wall": time.time(),
+        "node": view.node,
+        "state": view.state,
+        "sessions": view.sessions,
+        "max_sessions": view.max_sessions,
+        "held": view.held,
+        "nodes": [
+            {
+                "id": node.id,
+                "address": node.address,
+                "sessions": node.sessions,
+                "held": node.held,
+                "lease": None if node.lease is None else round(node.lease, 3),
+                "started": node.started,
+                "this": node.this,
+            }
+            for node in view.nodes
+        ],
+        "events": [
+            {
+                "id": event.id,
+                "node": event.node,
+                "kind": event.kind,
+                "session": short_id(event.session_id),
+                "reason": event.reason,
+                "at": event.at,
+            }
+            for event in view.events
+        ],
+    }
+
+
+def cluster_sessions_frame(node: str, sessions: Iterable[dict[str, object]]) -> Frame:
+    """Sessions cluster-wide (from ``Cluster.sessions``), ids truncated, principals shortened
+    as in `snapshot_frame`; ``age`` in seconds from their wall-clock ``created``."""
+    wall = time.time()
+    rows = []
+    for entry in sessions:
+        principal = entry.get("principal")
+        created = entry.get("created")
+        created_at = float(created) if isinstance(created, int | float) else None
+        rows.append(
+            {
+                "id": short_id(entry.get("id", "")),
+                "node": str(entry.get("node", "")),
+                "principal": _principal(principal if isinstance(principal, str) else None),
+                "transport": str(entry.get("transport", "")),
+                "created": created_at,
+                "age": None if created_at is None else round(max(0.0, wall - created_at), 3),
+            }
+        )
+    return {"type": "cluster-sessions", "wall": wall, "node": node, "sessions": rows}
 
 
 def _item_frame(item: Event | Lagged) -> Frame:

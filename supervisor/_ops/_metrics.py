@@ -7,17 +7,28 @@ ended by kind and reason, and a histogram of session durations. `TimedApp` wraps
 time MCP requests (POST and DELETE; a GET is a long-lived event stream, not a call) and count
 them by protocol era (the ``MCP-Protocol-Version`` header) and whether they name a state handle.
 
+In cluster mode (``OperatorMetrics(..., cluster=...)``) the ``supervisor_cluster_*`` gauges
+describe the whole cluster: `OperatorMetrics.refresh` (the admin endpoint calls it before each
+scrape) reads one `supervisor.cluster.ClusterView` (one round trip to the store, bounded by
+`CLUSTER_TIMEOUT`). ``supervisor_cluster_state{state=...}`` (1 for this node's state, 0 for the
+others) and ``supervisor_cluster_store_up`` are always there; when the store does not answer,
+``supervisor_cluster_store_up`` is 0 and the gauges read from the view (``nodes``,
+``sessions``, ``sessions_per_node``, ``slots_held``, ``max_sessions``) are *omitted* from that
+scrape, never stale.
+
 Every `OperatorMetrics` has its own `CollectorRegistry`, so several supervisors (or tests) in
 one process do not collide.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import trio
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -29,14 +40,18 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .. import EventKind, Lagged, SessionState, Transport
-from ._feed import HANDSHAKE_ERA, is_state_handle
+from .. import CapacityError, EventKind, Lagged, SessionState, Transport
+from ._feed import HANDSHAKE_ERA, ClusterSource, is_state_handle
 
 if TYPE_CHECKING:
     from .. import Supervisor
+    from ..cluster._view import ClusterView
 
 __all__ = [
+    "CLUSTER_STATES",
+    "CLUSTER_TIMEOUT",
     "CONTENT_TYPE",
+    "ClusterCollector",
     "KNOWN_REASONS",
     "MODERN_ERAS",
     "OperatorMetrics",
@@ -47,6 +62,12 @@ __all__ = [
 
 #: Content type of the text exposition format.
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST
+
+#: The states of a cluster node, each a ``supervisor_cluster_state`` series.
+CLUSTER_STATES = ("joining", "ready", "unavailable", "fenced")
+
+#: Seconds a scrape waits for the cluster's store before omitting the cluster-wide gauges.
+CLUSTER_TIMEOUT = 2.0
 
 #: Reasons kept as label values; any other (free-form `close_session` reasons) counts as "other",
 #: so a caller cannot blow up the number of series.
@@ -167,16 +188,78 @@ class SupervisorCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
 
 
+class ClusterCollector(Collector):
+    """The ``supervisor_cluster_*`` gauges: this node's state (read on every scrape) and the
+    cluster-wide figures of the last `refresh` (``None``: omitted, the store did not answer)."""
+
+    def __init__(self, cluster: ClusterSource) -> None:
+        self._cluster = cluster
+        self.view: ClusterView | None = None
+
+    async def refresh(self) -> None:
+        """Read one view (bounded by `CLUSTER_TIMEOUT`); never raises for an absent store."""
+        self.view = None
+        with trio.move_on_after(CLUSTER_TIMEOUT):
+            with contextlib.suppress(CapacityError):  # ClusterUnavailable
+                self.view = await self._cluster.view(events=0)
+
+    def collect(self) -> Iterable[Metric]:
+        state = GaugeMetricFamily(
+            "supervisor_cluster_state",
+            "This node's cluster state (1 for the current one).",
+            labels=["state"],
+        )
+        current = self._cluster.state
+        for name in (*CLUSTER_STATES, *(() if current in CLUSTER_STATES else (current,))):
+            state.add_metric([name], 1 if name == current else 0)
+        yield state
+        view = self.view
+        yield GaugeMetricFamily(
+            "supervisor_cluster_store_up",
+            "Whether the last scrape read the cluster's store (0: cluster-wide gauges omitted).",
+            value=0 if view is None else 1,
+        )
+        if view is None:
+            return
+        gauges = (
+            ("supervisor_cluster_nodes", "Live nodes in the cluster.", len(view.nodes)),
+            ("supervisor_cluster_sessions", "Sessions registered cluster-wide.", view.sessions),
+            (
+                "supervisor_cluster_slots_held",
+                "Cluster slots held by all nodes (sessions plus spare leases).",
+                view.held,
+            ),
+            ("supervisor_cluster_max_sessions", "The cluster-wide cap.", view.max_sessions),
+        )
+        for name, doc, value in gauges:
+            yield GaugeMetricFamily(name, doc, value=value)
+        per_node = GaugeMetricFamily(
+            "supervisor_cluster_sessions_per_node",
+            "Sessions registered to each live node.",
+            labels=["node"],
+        )
+        for node in view.nodes:
+            per_node.add_metric([node.id], node.sessions)
+        yield per_node
+
+
 class OperatorMetrics:
     """The metrics of one supervisor: a registry, its collectors and the event subscriber.
 
-    Run `run` as a task for the lifetime of the supervisor; scrape with `exposition`.
+    Run `run` as a task for the lifetime of the supervisor; scrape with `refresh` then
+    `exposition`. With a ``cluster`` (a `supervisor.cluster.Cluster`), the cluster gauges too.
     """
 
-    def __init__(self, sup: Supervisor, *, process: bool = True) -> None:
+    def __init__(
+        self, sup: Supervisor, *, process: bool = True, cluster: ClusterSource | None = None
+    ) -> None:
         self.supervisor = sup
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SupervisorCollector(sup))
+        self.cluster: ClusterCollector | None = None
+        if cluster is not None:
+            self.cluster = ClusterCollector(cluster)
+            self.registry.register(self.cluster)
         if process:
             ProcessCollector(registry=self.registry)
         self.ended = Counter(
@@ -221,6 +304,12 @@ class OperatorMetrics:
                 reason = item.reason if item.reason in KNOWN_REASONS else "other"
                 self.ended.labels(item.kind.value, reason).inc()
                 self.session_duration.observe(max(0.0, item.at - item.session.created))
+
+    async def refresh(self) -> None:
+        """Before a scrape: read what is not local (the cluster's view, in cluster mode; at
+        most `CLUSTER_TIMEOUT` seconds). Never raises for an unreachable store."""
+        if self.cluster is not None:
+            await self.cluster.refresh()
 
     def exposition(self) -> bytes:
         """The text exposition format (serve with `CONTENT_TYPE`)."""

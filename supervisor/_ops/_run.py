@@ -3,6 +3,12 @@
 Kept here so the command line module only calls in: `add_serve_options` and `add_top_command`
 extend the parser, `Operations` runs logging, metrics, the admin endpoint and the in-process
 live view beside a served supervisor, and `top_main` runs the ``top`` command.
+
+In cluster mode (``serve --cluster``) `Operations` is given the node's `supervisor.cluster.Cluster`:
+the MCP app is served wrapped by ``Cluster.forwarding`` (requests for sessions another node owns
+are proxied there), the node's address is set once the port is bound (`Operations.bind_cluster`),
+the startup lines name the node and the cluster (its password redacted), and the admin endpoint,
+the metrics and the live view describe the cluster as well.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import sys
 from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
@@ -19,10 +26,18 @@ from ._logging import LOG_LEVELS, configure_logging, log_events
 
 if TYPE_CHECKING:
     from .. import Supervisor
+    from ..cluster import Cluster
     from ..mcp import ServerSource
     from ._metrics import OperatorMetrics
 
-__all__ = ["DEFAULT_ADMIN_URL", "Operations", "add_serve_options", "add_top_command", "top_main"]
+__all__ = [
+    "DEFAULT_ADMIN_URL",
+    "Operations",
+    "add_serve_options",
+    "add_top_command",
+    "redact_url",
+    "top_main",
+]
 
 #: Where ``top`` looks by default: ``serve --admin-port 8001`` on loopback.
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8001"
@@ -104,7 +119,26 @@ def top_main(args: argparse.Namespace) -> int:
         raise
 
 
-def _load_metrics(sup: Supervisor, out: TextIO) -> OperatorMetrics | None:
+def redact_url(url: str) -> str:
+    """``url`` with its password (userinfo, or a ``password=`` query value) shown as ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    query = "&".join(
+        f"{key}=***" if key.lower() == "password" else item
+        for item in parts.query.split("&")
+        if item
+        for key in (item.partition("=")[0],)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _load_metrics(
+    sup: Supervisor, out: TextIO, cluster: Cluster | None = None
+) -> OperatorMetrics | None:
     try:
         from ._metrics import OperatorMetrics
     except ImportError:
@@ -115,7 +149,7 @@ def _load_metrics(sup: Supervisor, out: TextIO) -> OperatorMetrics | None:
             flush=True,
         )
         return None
-    return OperatorMetrics(sup)
+    return OperatorMetrics(sup, cluster=cluster)
 
 
 class Operations:
@@ -124,14 +158,23 @@ class Operations:
     `configure` (before the supervisor opens) sets up logging and checks the options;
     `start` (inside the supervisor's block) starts the tasks; `drained` (after
     `Supervisor.shutdown`) lets the admin endpoint deliver the last events, then stop.
+    With a ``cluster``, `bind_cluster` (once the MCP port is bound) sets the node's address.
     """
 
     def __init__(
-        self, args: argparse.Namespace, out: TextIO, *, token_verifier: Any = None
+        self,
+        args: argparse.Namespace,
+        out: TextIO,
+        *,
+        token_verifier: Any = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.args = args
         self.out = out
         self.token_verifier = token_verifier
+        self.cluster = cluster
+        #: What peers forward to (set by `bind_cluster`).
+        self.advertised: str | None = None
         self.metrics: OperatorMetrics | None = None
         self.admin_url: str | None = None
         self._drained = trio.Event()
@@ -152,6 +195,8 @@ class Operations:
                 )
         if args.top and args.stdio:
             raise ValueError("--top draws on stdout, which --stdio uses for the protocol")
+        if self.cluster is not None and args.stdio:
+            raise ValueError("cluster mode is HTTP only: --cluster cannot serve --stdio")
 
     async def start(self, sup: Supervisor, nursery: trio.Nursery) -> None:
         """Start the subscribers and the admin endpoint (printing its URL)."""
@@ -161,7 +206,7 @@ class Operations:
             return
         from ._admin import serve_admin
 
-        self.metrics = _load_metrics(sup, self.out)
+        self.metrics = _load_metrics(sup, self.out, self.cluster)
         if self.metrics is not None:
             nursery.start_soon(self.metrics.run)
 
@@ -175,15 +220,36 @@ class Operations:
                     token=self.token,
                     shutdown_trigger=self._drained.wait,
                     task_status=task_status,
+                    cluster=self.cluster,
                 )
             finally:
                 self._admin_done.set()
 
         self.admin_url = await nursery.start(admin)
 
+    def bind_cluster(self, url: str) -> None:
+        """Once the MCP endpoint ``url`` is bound: tell the cluster where peers reach this node
+        (``--advertise``, else ``http://<bind host>:<bound port>``)."""
+        if self.cluster is None:
+            return
+        advertised = getattr(self.args, "advertise", None)
+        if not advertised:
+            bound = urlsplit(url)
+            host = str(self.args.host)
+            host = f"[{host}]" if ":" in host else host
+            advertised = f"{bound.scheme or 'http'}://{host}:{bound.port}"
+        self.advertised = advertised.rstrip("/")
+        self.cluster.set_address(self.advertised)
+
     def announce(self, url: str) -> None:
-        """After the MCP URL: where the admin endpoint is, how to try the server, how to stop."""
+        """After the MCP URL: the cluster node, where the admin endpoint is, how to try the
+        server, how to stop."""
         lines = []
+        if self.cluster is not None:
+            lines.append(
+                f"cluster node {self.cluster.node_id} in {redact_url(self.args.cluster)}, "
+                f"reached by peers at {self.advertised}"
+            )
         if self.admin_url is not None:
             lines.append(f"admin endpoint on {self.admin_url}")
             if self.metrics is not None:
@@ -204,7 +270,7 @@ class Operations:
         from rich.console import Console
 
         from ._feed import Frame, run_feed
-        from ._top import TopView
+        from ._top import TopView, poll_cluster_view
 
         view = TopView(source, Console(file=sys.stdout))
 
@@ -213,6 +279,8 @@ class Operations:
 
         nursery.start_soon(view.show)
         nursery.start_soon(partial(run_feed, sup, emit))
+        if self.cluster is not None:
+            nursery.start_soon(poll_cluster_view, self.cluster, view)
 
     async def serve_http(
         self,
@@ -237,8 +305,16 @@ class Operations:
             "allowed_origins": getattr(args, "allowed_origins", None),
             "token_verifier": self.token_verifier,
         }
-        if self.metrics is not None:
-            options["wrap"] = self.metrics.timed
+        cluster, metrics = self.cluster, self.metrics
+        if cluster is not None or metrics is not None:
+
+            def wrap(app: Any) -> Any:
+                # Forwarding sees the MCP app itself; timing sees forwarded requests too.
+                if cluster is not None:
+                    app = cluster.forwarding(app, path=args.path)
+                return app if metrics is None else metrics.timed(app)
+
+            options["wrap"] = wrap
         from ..mcp import serve_http
 
         await serve_http(sup, server, **options)

@@ -2,8 +2,16 @@
 
 `TopModel` holds what the frames said; `render` draws it (pure: a model and a time in, a rich
 renderable out, so tests render it to text); `TopView` redraws on frame arrival, coalescing
-bursts; `run_top` reads the admin endpoint's ``/events`` stream. Nothing polls: the view
-changes when a frame arrives (events, the snapshot after a burst, or the server's heartbeat).
+bursts; `run_top` reads the admin endpoint's ``/events`` stream. Nothing polls the sessions:
+the view changes when a frame arrives (events, the snapshot after a burst, or the server's
+heartbeat).
+
+In cluster mode the view has a cluster panel (this node's id and state, the nodes with their
+sessions, held slots and lease left, the newest cluster events). The cluster is not in the
+event stream: `run_top` polls the admin endpoint's ``/cluster`` about every second
+(`CLUSTER_EVERY`, each request bounded by `CLUSTER_TIMEOUT`; a 404 there means no cluster and
+no panel, any other failure shows ``cluster: unavailable`` until the next answer), and
+``serve --top`` reads the node's cluster the same way in process (`poll_cluster_view`).
 """
 
 from __future__ import annotations
@@ -12,16 +20,46 @@ import json
 import math
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ._feed import Frame
+from .. import CapacityError
+from ._feed import Frame, cluster_frame
 
-__all__ = ["TopModel", "TopView", "era_cell", "format_duration", "render", "run_top"]
+if TYPE_CHECKING:
+    import httpx
+
+    from ._feed import ClusterSource
+
+__all__ = [
+    "CLUSTER_EVERY",
+    "CLUSTER_TIMEOUT",
+    "TopModel",
+    "TopView",
+    "era_cell",
+    "format_duration",
+    "poll_cluster_view",
+    "render",
+    "run_top",
+]
+
+#: Seconds between two reads of the cluster.
+CLUSTER_EVERY = 1.0
+#: Most seconds one read of the cluster may take before the panel says it is unavailable.
+CLUSTER_TIMEOUT = 2.0
+#: Cluster events shown in the panel.
+CLUSTER_EVENTS = 5
+
+_NODE_STATE_STYLE = {
+    "joining": "yellow",
+    "ready": "green",
+    "unavailable": "red",
+    "fenced": "bold red",
+}
 
 _STATE_STYLE = {
     "created": "cyan",
@@ -87,6 +125,11 @@ class TopModel:
         self.frames = 0
         self.closing = False
         self.ended = False
+        #: The last ``cluster`` frame (``None``: not in a cluster, or unavailable).
+        self.cluster: Frame | None = None
+        self.cluster_at = self.rows_at
+        #: Why the cluster could not be read last time (``None``: it could, or never tried).
+        self.cluster_error: str | None = None
 
     def apply(self, frame: Frame, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -103,6 +146,13 @@ class TopModel:
             self._apply_event(frame, now)
         elif kind == "lagged":
             self.missed += int(frame.get("missed", 0))
+        elif kind == "cluster":
+            self.cluster = frame
+            self.cluster_at = now
+            self.cluster_error = None
+        elif kind == "cluster-error":
+            self.cluster = None
+            self.cluster_error = str(frame.get("error", "")) or "no answer"
 
     def _apply_event(self, frame: Frame, now: float) -> None:
         # Rows follow events at once; counters and times catch up with the next snapshot.
@@ -152,6 +202,69 @@ def _event_line(wall: float, frame: Frame) -> Text:
     return line
 
 
+def _cluster_panel(model: TopModel, now: float) -> tuple[list[RenderableType], int]:
+    """The cluster panel and how many lines it takes (none outside cluster mode)."""
+    if model.cluster_error is not None:
+        line = Text.assemble(("cluster: unavailable", "bold red"), f" ({model.cluster_error})")
+        return [line, Text("")], 2
+    cluster = model.cluster
+    if cluster is None:
+        return [], 0
+    elapsed = max(0.0, now - model.cluster_at)
+    state = str(cluster.get("state", "?"))
+    nodes: list[dict[str, Any]] = list(cluster.get("nodes", []))
+    header = Text.assemble(
+        ("cluster ", "bold"),
+        "node ",
+        (str(cluster.get("node", "?")), "bold"),
+        " ",
+        (state, _NODE_STATE_STYLE.get(state, "")),
+        f"  {len(nodes)} nodes",
+        f"  {cluster.get('sessions', 0)}/{cluster.get('max_sessions', '?')} sessions",
+        f"  {cluster.get('held', 0)} slots held",
+    )
+    table = Table(box=None, header_style="bold underline", pad_edge=False)
+    table.add_column("node", no_wrap=True)
+    table.add_column("address", no_wrap=True, overflow="ellipsis", max_width=32)
+    for name in ("sessions", "held", "lease"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for node in nodes:
+        lease = node.get("lease")
+        left = (
+            Text("lapsed", style="red")
+            if lease is None
+            else Text(format_duration(max(0.0, float(lease) - elapsed)))
+        )
+        mark = " *" if node.get("this") else ""
+        table.add_row(
+            Text(str(node.get("id", "?")) + mark, style="bold" if mark else ""),
+            str(node.get("address", "")),
+            str(node.get("sessions", 0)),
+            str(node.get("held", 0)),
+            left,
+        )
+    events: list[dict[str, Any]] = list(cluster.get("events", []))[-CLUSTER_EVENTS:]
+    tail = Table(title="cluster events", title_justify="left", box=None, show_header=False)
+    tail.add_column("event")
+    for event in events:
+        kind = str(event.get("kind", "?"))
+        line = Text(
+            time.strftime("%H:%M:%S", time.localtime(float(event.get("at", 0)))) + " ",
+            style="dim",
+        )
+        line.append(f"{event.get('node', '?')} ")
+        line.append(kind, style=_KIND_STYLE.get(kind, "yellow" if kind == "node-lost" else ""))
+        if event.get("session"):
+            line.append(f" {event['session']}", style="bold")
+        if event.get("reason"):
+            line.append(f" ({event['reason']})")
+        tail.add_row(line)
+    if not events:
+        tail.add_row(Text("no cluster events yet", style="dim"))
+    parts: list[RenderableType] = [header, table, tail, Text("")]
+    return parts, 5 + len(nodes) + max(1, len(events))
+
+
 def render(
     model: TopModel, now: float | None = None, *, height: int = 40, events: int = 8
 ) -> RenderableType:
@@ -193,7 +306,8 @@ def render(
     summary = Table.grid(padding=(0, 4))
     summary.add_row(by_state, by_transport, by_kind, totals, traffic)
 
-    room = max(3, height - 12 - events)
+    cluster, cluster_lines = _cluster_panel(model, now)
+    room = max(3, height - 12 - events - cluster_lines)
     sessions = Table(
         title="live sessions (newest first)",
         title_justify="left",
@@ -239,7 +353,7 @@ def render(
         tail.add_row(_event_line(wall, frame))
     if not recent:
         tail.add_row(Text("waiting for lifecycle events...", style="dim"))
-    return Group(header, Text(""), summary, Text(""), sessions, tail)
+    return Group(header, Text(""), summary, Text(""), *cluster, sessions, tail)
 
 
 class TopView:
@@ -280,6 +394,57 @@ class TopView:
                 live.update(self.render(), refresh=True)
 
 
+async def poll_cluster_view(
+    cluster: ClusterSource, view: TopView, *, every: float = CLUSTER_EVERY
+) -> None:
+    """Feed ``view`` a cluster frame read from ``cluster`` every ``every`` seconds, forever."""
+    while True:
+        frame: Frame = {"type": "cluster-error", "error": "no answer from the store"}
+        with trio.move_on_after(CLUSTER_TIMEOUT):
+            try:
+                frame = cluster_frame(await cluster.view(events=CLUSTER_EVENTS))
+            except CapacityError as exc:  # ClusterUnavailable
+                frame = {"type": "cluster-error", "error": str(exc) or type(exc).__name__}
+        view.push([frame])
+        await trio.sleep(every)
+
+
+async def _read_cluster(client: httpx.AsyncClient, base: str) -> Frame | None:
+    """One ``GET /cluster``: a cluster frame, a cluster-error frame, or None (no cluster)."""
+    import httpx
+
+    try:
+        with trio.fail_after(CLUSTER_TIMEOUT):
+            response = await client.get(
+                f"{base}/cluster", params={"events": CLUSTER_EVENTS}, timeout=CLUSTER_TIMEOUT
+            )
+    except (httpx.HTTPError, trio.TooSlowError) as exc:
+        return {"type": "cluster-error", "error": str(exc) or type(exc).__name__}
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        return {"type": "cluster-error", "error": f"/cluster answered {response.status_code}"}
+    try:
+        frame = response.json()
+    except ValueError:
+        return {"type": "cluster-error", "error": "/cluster answered no JSON"}
+    if not isinstance(frame, dict) or frame.get("type") != "cluster":
+        return {"type": "cluster-error", "error": "/cluster answered no cluster"}
+    return frame
+
+
+async def _poll_cluster(
+    client: httpx.AsyncClient, base: str, view: TopView, *, every: float = CLUSTER_EVERY
+) -> None:
+    """Push ``/cluster`` to ``view`` every ``every`` seconds; stop at a 404 (no cluster)."""
+    while True:
+        frame = await _read_cluster(client, base)
+        if frame is None:
+            return
+        view.push([frame])
+        await trio.sleep(every)
+
+
 async def run_top(
     url: str,
     *,
@@ -290,9 +455,9 @@ async def run_top(
 ) -> int:
     """Show the supervisor behind the admin endpoint ``url`` until its stream ends.
 
-    With ``once``, print the view of the first snapshot and return. Returns an exit status:
-    0 when the stream ended (the server shut down) or ``once`` printed, 1 on a connection or
-    protocol error (explained on the console).
+    With ``once``, print the view of the first snapshot (and of ``/cluster``) and return.
+    Returns an exit status: 0 when the stream ended (the server shut down) or ``once``
+    printed, 1 on a connection or protocol error (explained on the console).
     """
     import httpx
 
@@ -320,10 +485,14 @@ async def run_top(
                         view.push([frame])
                         if frame.get("type") == "snapshot":
                             break
+                cluster = await _read_cluster(client, base)
+                if cluster is not None:
+                    view.push([cluster])
                 console.print(view.render())
                 return 0
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(view.show)
+                nursery.start_soon(_poll_cluster, client, base, view)
                 async for line in lines:
                     if line.strip():
                         view.push([json.loads(line)])
