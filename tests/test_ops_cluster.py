@@ -316,6 +316,7 @@ async def test_cluster_endpoint_is_404_unclustered_and_503_unreachable(
         down = AdminApp(sup, cluster=FakeCluster(fail=Unreachable("store at h:6379 refused")))
         response = await asgi_get(down, "/cluster")
         assert response.status_code == 503 and "store at h:6379 refused" in response.text
+        assert "node n2 is ready" in response.text
         assert (await asgi_get(down, "/sessions?scope=cluster")).status_code == 503
         hung = await asgi_get(AdminApp(sup, cluster=FakeCluster(hang=True)), "/cluster")
         assert hung.status_code == 503 and "no answer" in hung.text
@@ -469,7 +470,9 @@ async def test_top_once_prints_the_cluster_of_a_served_admin_endpoint() -> None:
     text = console.export_text()
     assert "cluster node n2 ready" in text and "http://10.0.0.1:8000" in text
     assert no_full_ids(text)
-    assert "cluster: unavailable (/cluster answered 503)" in plain.export_text()
+    down_text = plain.export_text()
+    assert "cluster: unavailable (/cluster answered 503: Service Unavailable" in down_text
+    assert "down" in down_text
 
 
 async def test_serve_top_reads_the_cluster_in_process(

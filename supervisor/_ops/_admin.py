@@ -206,14 +206,15 @@ class AdminApp:
             await _respond(send, 404, b"Not Found: this node is not in a cluster (no --cluster)\n")
             return
         frame: Frame | None = None
-        error = f"no answer from the cluster's store within {CLUSTER_TIMEOUT:g} s"
+        error = f"cluster: no answer from the store within {CLUSTER_TIMEOUT:g} s"
         with trio.move_on_after(CLUSTER_TIMEOUT):
             try:
                 frame = await read(self.cluster)
             except CapacityError as exc:  # ClusterUnavailable: the store did not answer
                 error = str(exc) or type(exc).__name__
         if frame is None:
-            body = f"Service Unavailable: cluster unavailable: {error}".replace("\n", " ")
+            state = f"node {self.cluster.node_id} is {self.cluster.state}"
+            body = f"Service Unavailable ({state}): {error}".replace("\n", " ")
             await _respond(send, 503, body.encode() + b"\n")
             return
         await _respond(send, 200, json.dumps(frame, indent=1).encode() + b"\n", "application/json")

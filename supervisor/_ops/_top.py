@@ -423,7 +423,9 @@ async def _read_cluster(client: httpx.AsyncClient, base: str) -> Frame | None:
     if response.status_code == 404:
         return None
     if response.status_code != 200:
-        return {"type": "cluster-error", "error": f"/cluster answered {response.status_code}"}
+        said = response.text.strip().partition("\n")[0][:160]
+        error = f"/cluster answered {response.status_code}" + (f": {said}" if said else "")
+        return {"type": "cluster-error", "error": error}
     try:
         frame = response.json()
     except ValueError:
