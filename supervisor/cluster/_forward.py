@@ -232,7 +232,7 @@ class Forwarding:
             # Too large: the app reads the rest and answers 413, as it would to the client.
             await self.app(scope, _replaying(body, receive), send)
             return
-        address = self.directory.address_of(owner)
+        address = await self._locate(owner)
         if address is None:
             logger.warning(
                 "session %s...: owner %s... is unknown or dead: 404",
@@ -254,7 +254,7 @@ class Forwarding:
             if handle is not None:
                 owner = self.directory.owner_of(handle)
                 if owner is not None and owner != self.directory.node_id:
-                    address = self.directory.address_of(owner)
+                    address = await self._locate(owner)
                     if address is None:
                         logger.warning(
                             "handle %s...: owner %s... is unknown or dead: served here",
@@ -309,6 +309,17 @@ class Forwarding:
         return None
 
     # -- relaying -----------------------------------------------------------------------------
+
+    async def _locate(self, node: str) -> str | None:
+        """The owner's address; a directory that can look a node up (`Cluster.locate`) is
+        asked when the address is not known yet (a node that joined a moment ago)."""
+        address = self.directory.address_of(node)
+        if address is None:
+            locate = getattr(self.directory, "locate", None)
+            if locate is not None:
+                found = await locate(node)
+                address = found if isinstance(found, str) else None
+        return address
 
     def _pool(self) -> httpx.AsyncClient:
         client = self._client

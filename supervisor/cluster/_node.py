@@ -125,7 +125,7 @@ class Cluster:
         lease_block: int = 8,
         prefix: str = "tss",
         events_maxlen: int = 10_000,
-        request_timeout: float = 1.0,
+        request_timeout: float = 0.5,
         store: ClusterStore | None = None,
         cluster_nodes: Sequence[tuple[str, int]] | None = None,
     ) -> None:

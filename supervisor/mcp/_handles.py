@@ -233,6 +233,17 @@ _WAITING: contextvars.ContextVar[tuple[McpSession, ...]] = contextvars.ContextVa
 )
 
 
+def _refused(exc: CapacityError | SupervisorClosed) -> HandleError:
+    """The ``capacity`` tool error for a refused `StateHandles.open`."""
+    if isinstance(exc, SupervisorClosed):
+        return HandleError(
+            "capacity", "the server is shutting down: retry elsewhere or later", retry_after=1.0
+        )
+    return HandleError(
+        "capacity", "the server is at capacity: retry open_session later", retry_after=1.0
+    )
+
+
 @final
 class StateHandles:
     """The state handles of one supervisor, and its memory of recently ended ones.
@@ -285,18 +296,33 @@ class StateHandles:
             session = self.supervisor.create_session_nowait(
                 self._actor, transport=transport, principal=principal, metadata=meta
             )
-        except CapacityError:
-            raise HandleError(
-                "capacity",
-                "the server is at capacity: retry open_session later",
-                retry_after=1.0,
-            ) from None
-        except SupervisorClosed:
-            raise HandleError(
-                "capacity",
-                "the server is shutting down: retry elsewhere or later",
-                retry_after=1.0,
-            ) from None
+        except (CapacityError, SupervisorClosed) as exc:
+            raise _refused(exc) from None
+        logger.debug("state handle %s... opened", short_id(session.id))
+        return session
+
+    async def open_async(
+        self,
+        *,
+        principal: str | None,
+        transport: Transport,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """`open`, which in cluster mode takes the slot from the cluster (a round trip when
+        this node holds no spare slot); without a cluster it is `open`.
+
+        Raises:
+            HandleError: as `open`.
+        """
+        if self.supervisor.cluster is None:
+            return self.open(principal=principal, transport=transport, metadata=metadata)
+        meta = {"era": HANDLE_ERA, _MARK: True, **(metadata or {})}
+        try:
+            session = await self.supervisor.create_session(
+                self._actor, transport=transport, principal=principal, metadata=meta, wait=False
+            )
+        except (CapacityError, SupervisorClosed) as exc:
+            raise _refused(exc) from None
         logger.debug("state handle %s... opened", short_id(session.id))
         return session
 
@@ -546,7 +572,7 @@ async def open_session() -> types.CallToolResult:
     try:
         caller = _caller()
         handles = state_handles(caller.supervisor)
-        session = handles.open(principal=caller.principal, transport=caller.transport)
+        session = await handles.open_async(principal=caller.principal, transport=caller.transport)
     except HandleError as exc:
         return exc.result()
     idle = caller.supervisor.config.idle_timeout

@@ -499,9 +499,14 @@ class McpHttpApp:
             await _rpc_error(send, 400, INVALID_REQUEST, "Bad Request: Missing session ID")
             return
         try:
-            created = self.supervisor.create_session_nowait(
-                self._actor, transport=Transport.HTTP, principal=principal
-            )
+            if self.supervisor.cluster is None:
+                created = self.supervisor.create_session_nowait(
+                    self._actor, transport=Transport.HTTP, principal=principal
+                )
+            else:  # the slot is the cluster's: a round trip unless this node holds a spare
+                created = await self.supervisor.create_session(
+                    self._actor, transport=Transport.HTTP, principal=principal, wait=False
+                )
         except (CapacityError, SupervisorClosed) as exc:
             self._refused_sessions.note(str(exc))
             await _rpc_error(

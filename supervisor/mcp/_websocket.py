@@ -102,9 +102,14 @@ async def serve_websocket_connection(
             done.set()
 
     try:
-        session = app.supervisor.create_session_nowait(
-            actor, transport=Transport.WEBSOCKET, principal=principal
-        )
+        if app.supervisor.cluster is None:
+            session = app.supervisor.create_session_nowait(
+                actor, transport=Transport.WEBSOCKET, principal=principal
+            )
+        else:  # the slot is the cluster's: a round trip unless this node holds a spare
+            session = await app.supervisor.create_session(
+                actor, transport=Transport.WEBSOCKET, principal=principal, wait=False
+            )
     except (CapacityError, SupervisorClosed):
         await _deny(scope, send, 503, [("Retry-After", str(app.retry_after))])
         return
