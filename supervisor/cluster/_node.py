@@ -48,8 +48,8 @@ __all__ = ["Cluster", "ClusterError", "ClusterUnavailable"]
 logger = logging.getLogger("supervisor.cluster")
 
 #: How many buffered registry/event operations a node keeps while the store is slow or away;
-#: past it, non-registry events (state changes) are dropped first (counted, and one ``lagged``
-#: entry says how many).
+#: past it, events other than creations and ends (state changes) are dropped, counted in
+#: `Cluster.dropped_events` and logged once the store answers again.
 MAX_PENDING: Final = 100_000
 
 #: Operations per RECORD call.
@@ -177,6 +177,7 @@ class Cluster:
         self._ops: list[str] = []
         self._records_kick = trio.Event()
         self.dropped_events = 0
+        self._dropped_logged = 0
         self._addresses: dict[str, str] = {}
         self._nodes_epoch = ""
         self.fenced_total = 0
@@ -816,8 +817,9 @@ class Cluster:
             for i in range(0, len(chunk), 6):
                 node = chunk[i + 1].rpartition(".")[2]
                 by_node.setdefault(node, []).extend(chunk[i : i + 6])
-            if self.dropped_events and not final:
-                self.dropped_events, dropped = 0, self.dropped_events
+            if self.dropped_events > self._dropped_logged:
+                dropped = self.dropped_events - self._dropped_logged
+                self._dropped_logged = self.dropped_events
                 logger.warning("cluster: dropped %d events while the store was away", dropped)
             with trio.fail_after(self.request_timeout):
                 for node, ops in by_node.items():

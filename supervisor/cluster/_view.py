@@ -37,8 +37,8 @@ class ClusterEvent:
     Attributes:
         id: the stream entry id (``<ms>-<n>``).
         node: the node it came from (for ``node-lost``, the node reaped).
-        kind: an `EventKind` value (``created``, ``closed``...), or ``node-lost`` /
-            ``node-joined`` / ``node-left`` / ``lagged`` for the cluster's own entries.
+        kind: an `EventKind` value (``created``, ``closed``...), or ``node-joined``,
+            ``node-left`` or ``node-lost`` for the cluster's own entries.
         session_id: the full session id ("" for node entries): a credential, as everywhere.
         reason: for terminal events, why the session ended (``node-lost`` when reaped).
         at: wall clock seconds since the epoch.
