@@ -330,3 +330,35 @@ async def test_the_scripts_run_on_a_three_master_redis_cluster(redis_cluster: Re
 
 async def _never(ctx: SessionContext[Any]) -> None:  # pragma: no cover - placeholder actor
     await trio.sleep(math.inf)
+
+
+async def test_a_node_reaped_before_its_records_arrived_still_ends_each_session_once(
+    redis_server: RedisServer,
+) -> None:
+    flaky = _Flaky(RedisStore(redis_server.url))
+    paused = Cluster(store=flaky, lease=LEASE, check_every=CHECK, request_timeout=TIMEOUT)
+    async with (
+        nodes(redis_server.url, 1, max_sessions=10) as (watcher,),
+        open_supervisor(cluster=paused, max_sessions=10) as sup,
+    ):
+        old = paused.node_id
+        async with cluster_of(watcher).events("orphans", "c1") as events:
+            session = await sup.create_session(echo_actor, wait=False)
+            flaky.down = True  # before its creation is recorded (records gather for 20 ms)
+
+            async def reaped_and_back() -> bool:
+                view = await cluster_of(watcher).view()
+                return old not in {n.id for n in view.nodes} and paused.state == "fenced"
+
+            await eventually(reaped_and_back, LEASE + CHECK + 2, "reaped, then fenced")
+            flaky.down = False
+            kinds: list[tuple[str, str | None]] = []
+            with trio.move_on_after(3):
+                async for event in events:
+                    if event.session_id == session.id:
+                        kinds.append((event.kind, event.reason))
+                        if event.kind in ("closed", "expired", "failed"):
+                            break
+        assert kinds[0] == ("created", None)
+        assert kinds[-1] == ("closed", "fenced")
+        assert sum(k in ("closed", "expired", "failed") for k, _ in kinds) == 1

@@ -171,6 +171,7 @@ class Cluster:
         self._give_all_until = -math.inf
         self._queue: list[_Request] = []
         self._ledger_kick = trio.Event()
+        self._lease_kick = trio.Event()
         self._freed = trio.Event()
         self._fence_at = -math.inf
         # Registry and event operations waiting for the store (flat RECORD arguments).
@@ -324,7 +325,7 @@ class Cluster:
     def set_address(self, address: str) -> None:
         """Advertise ``address`` (``http://host:port``) to the peers from now on."""
         self._address = address.rstrip("/")
-        self._kick_ledger()  # the next lease renewal rewrites the node's description
+        self._lease_kick.set()  # publish it now, not at the next renewal
 
     @property
     def address(self) -> str:
@@ -480,6 +481,8 @@ class Cluster:
         self._fence_at = start + self.lease * 0.9
         if reset and not first:
             await self._reconcile()
+        with trio.fail_after(self.request_timeout):
+            await self._refresh_nodes()  # know the peers' addresses before serving
         self._held_total = max(self._held_total, 0)
         self.state = "ready"
         logger.info("cluster: node %s joined %s", self.node_id, self.url or "the store")
@@ -574,7 +577,9 @@ class Cluster:
         described = self._address
         while True:
             wake = min(trio.current_time() + period, self._fence_at)
-            await trio.sleep_until(wake)
+            with trio.move_on_at(wake):
+                await self._lease_kick.wait()
+            self._lease_kick = trio.Event()
             serving = self.state in ("ready", "unavailable")
             if serving and trio.current_time() >= self._fence_at:
                 await self._fence("no lease renewal in time")

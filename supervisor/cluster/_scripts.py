@@ -196,7 +196,11 @@ return out
 #:   e: ended (kind closed/expired/failed, a: reason)   x: another event (a: old, b: new)
 #:   r: registered silently (a: registry JSON; after a reconcile)
 #: An ended session's event is written only by whoever removes it from the registry (this
-#: script or `REAP`), so each session gets exactly one terminal event in the stream.
+#: script or `REAP`), so each session gets exactly one terminal event in the stream. A node
+#: reaped before its creations reached the store (it paused, or was cut off, right after
+#: creating them) still writes them when it runs again: each such session gets its created
+#: event and one terminal event, its own if its end is in the same call, else ``failed``
+#: with reason ``node-lost`` (its end, written later, finds it in no registry and is dropped).
 #: Returns how many entries were written.
 RECORD: Final = (
     _PRELUDE
@@ -205,6 +209,8 @@ local node = ARGV[2]
 local maxlen = ARGV[3]
 local reg = P .. ':reg:' .. node
 local alive = redis.call('HEXISTS', P .. ':nodes', node) == 1
+local reaped = not alive and redis.call('EXISTS', P .. ':dead:' .. node) == 1
+local orphans = {}
 local written = 0
 for i = 4, #ARGV, 6 do
   local tag, sid, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -214,25 +220,36 @@ for i = 4, #ARGV, 6 do
     if alive then
       redis.call('HSET', reg, sid, a)
       fields = {'node', node, 'kind', kind, 'session', sid, 'at', at}
+    elseif reaped then
+      orphans[sid] = at
+      fields = {'node', node, 'kind', kind, 'session', sid, 'at', at}
     end
   elseif tag == 'r' then
     if alive then redis.call('HSET', reg, sid, a) end
   elseif tag == 'a' then
-    if redis.call('HEXISTS', reg, sid) == 1 then
+    if orphans[sid] then
+      fields = {'node', node, 'kind', kind, 'session', sid, 'at', at}
+    elseif redis.call('HEXISTS', reg, sid) == 1 then
       redis.call('HSET', reg, sid, a)
       fields = {'node', node, 'kind', kind, 'session', sid, 'at', at}
     end
   elseif tag == 'e' then
-    if redis.call('HDEL', reg, sid) == 1 then
+    if orphans[sid] or redis.call('HDEL', reg, sid) == 1 then
+      orphans[sid] = nil
       fields = {'node', node, 'kind', kind, 'session', sid, 'reason', a, 'at', at}
     end
-  elseif redis.call('HEXISTS', reg, sid) == 1 then
+  elseif orphans[sid] or redis.call('HEXISTS', reg, sid) == 1 then
     fields = {'node', node, 'kind', kind, 'session', sid, 'old', a, 'new', b, 'at', at}
   end
   if fields then
     event(maxlen, fields)
     written = written + 1
   end
+end
+for sid, at in pairs(orphans) do
+  event(maxlen, {'node', node, 'kind', 'failed', 'session', sid, 'reason', 'node-lost',
+    'at', at})
+  written = written + 1
 end
 return written
 """
@@ -241,7 +258,8 @@ return written
 #: ARGV: P, node, maxlen, tomb_ms, reason, force ('1': the node leaves by itself).
 #: Without force, does nothing while the node's lease exists. Writes one terminal event
 #: (``failed``, the reason) per session still registered, frees everything the node held,
-#: and leaves a tombstone. Returns the sessions reaped, or -1 (alive) / -2 (nothing to reap).
+#: and leaves a tombstone (also when the node leaves by itself: its id is never reused).
+#: Returns the sessions reaped, or -1 (alive) / -2 (nothing to reap).
 REAP: Final = (
     _PRELUDE
     + """
@@ -270,11 +288,8 @@ redis.call('DEL', P .. ':pn:' .. node)
 redis.call('HDEL', P .. ':nodes', node)
 redis.call('DEL', P .. ':lease:' .. node)
 local kind = 'node-lost'
-if force then
-  kind = 'node-left'
-else
-  redis.call('SET', P .. ':dead:' .. node, '1', 'PX', ARGV[4])
-end
+if force then kind = 'node-left' end
+redis.call('SET', P .. ':dead:' .. node, '1', 'PX', ARGV[4])
 event(maxlen, {'node', node, 'kind', kind, 'reason', ARGV[5], 'at', at})
 redis.call('PUBLISH', P .. ':freed', node)
 return n
