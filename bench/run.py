@@ -2,10 +2,10 @@
 
 ``python -m bench [--quick] [--out docs/bench] [--skip seed,http | --only handles]``
 
-Each configuration runs in a fresh subprocess (`bench.core`, `bench.handles`, `bench.http`, ``node
-bench/seed/run.js``); subject and baseline run in the same process (core) or the same run (HTTP),
-interleaved, and every figure is a median over the repetitions. ``--quick`` uses tiny counts and
-only checks that everything works (its timings mean nothing).
+Each configuration runs in a fresh subprocess (`bench.core`, `bench.handles`, `bench.http`,
+`bench.cluster`, ``node bench/seed/run.js``); subject and baseline run in the same process (core)
+or the same run (HTTP, cluster), interleaved, and every figure is a median over the repetitions.
+``--quick`` uses tiny counts and only checks that everything works (its timings mean nothing).
 """
 
 from __future__ import annotations
@@ -117,6 +117,16 @@ def _profile(quick: bool) -> dict[str, Any]:
                 "memory_reps": {1000: 1},
                 "memory_methods": ["rss"],
             },
+            "cluster": {
+                "admit_n": 200,
+                "admit_reps": 1,
+                "calls": 40,
+                "call_reps": 1,
+                "call_concurrency": 4,
+                "sessions": 30,
+                "session_reps": 1,
+                "session_concurrency": 6,
+            },
         }
     return {
         "sizes": [1000, 10000, 100000],
@@ -142,6 +152,16 @@ def _profile(quick: bool) -> dict[str, Any]:
             "mass": {1000: 7, 10000: 4, 100000: 2},
             "memory_reps": {1000: 3, 10000: 2, 100000: 1},
             "memory_methods": ["rss", "tracemalloc"],
+        },
+        "cluster": {
+            "admit_n": 2000,
+            "admit_reps": 5,
+            "calls": 400,
+            "call_reps": 5,
+            "call_concurrency": 8,
+            "sessions": 300,
+            "session_reps": 5,
+            "session_concurrency": 12,
         },
     }
 
@@ -360,6 +380,13 @@ def run_http_section(prof: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def run_cluster_section(prof: dict[str, Any]) -> dict[str, Any]:
+    """Cluster mode on one local Redis (`bench.cluster`): admits, forwarded calls, sessions/s."""
+    from .cluster import run_cluster
+
+    return run_cluster(**prof["cluster"], log=_log)
+
+
 def run_million(prof: dict[str, Any], module: str = "bench.million") -> dict[str, Any] | None:
     """``python -m bench.million --json`` (the lead's section) in a subprocess, if it exists."""
     import importlib.util
@@ -426,7 +453,51 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     checks += http_checks(results.get("http"))
     checks += million_checks(results.get("million"))
+    checks += cluster_checks(results.get("cluster"))
     return checks
+
+
+def cluster_checks(cluster: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Informational rows (cluster mode has no target): what it costs beside a local
+    supervisor. None when the section did not run."""
+    if not cluster:
+        return []
+    a, s = cluster["admit"], cluster["sessions"]
+    us = a["us_per_admit"]
+    rows = [
+        (
+            "cluster admit (default lease_block) / local admit",
+            f"{us['cluster']:.1f} vs {us['local']:.1f} µs",
+            a["ratio"]["cluster"],
+        ),
+        (
+            "cluster admit (lease_block=0, a round trip each) / local admit",
+            f"{us['cluster_block0']:.1f} vs {us['local']:.1f} µs",
+            a["ratio"]["cluster_block0"],
+        ),
+    ]
+    for fig in cluster["calls"].values():
+        per_s = fig["calls_per_s"]
+        rows.append(
+            (
+                f"tools/call on the owner / through another node, {fig['concurrency']} client(s)",
+                f"{per_s['direct']:,.0f}/s vs {per_s['forwarded']:,.0f}/s",
+                fig["ratio"],
+            )
+        )
+    many = next(k for k in s["sessions_per_s"] if k != "one_node")
+    rows.append(
+        (
+            f"sessions/s spread over {many.split('_')[0]} nodes / on one node "
+            f"({cluster.get('cpus')} CPUs shared with the client)",
+            f"{s['sessions_per_s'][many]:,.0f}/s vs {s['sessions_per_s']['one_node']:,.0f}/s",
+            s["ratio"],
+        )
+    )
+    return [
+        {"section": "cluster", "target": what, "figures": shown, "value": value, "met": None}
+        for what, shown, value in rows
+    ]
 
 
 def _pending(section: str, target: str, run: str) -> dict[str, Any]:
@@ -562,7 +633,7 @@ def million_checks(million: dict[str, Any] | None) -> list[dict[str, Any]]:
 # -- entry point -------------------------------------------------------------------------------
 
 
-SECTIONS = ("core", "expiry", "seed", "handles", "http", "million")
+SECTIONS = ("core", "expiry", "seed", "handles", "http", "cluster", "million")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -616,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         ("seed", run_seed),
         ("handles", run_handles),
         ("http", run_http_section),
+        ("cluster", run_cluster_section),
         ("million", run_million),
     ]
     for name, fn in sections:
