@@ -703,8 +703,9 @@ class Supervisor:
         if self._bus:
             self._bus.publish(EventKind.INITIALIZED, session, now)
 
-    def _authenticate(self, session: Session, principal: str, bound: bool = False) -> None:
-        """Bind (or check) the principal; ``bound``: the cluster's principal slot is taken."""
+    def _bindable(self, session: Session, principal: str) -> bool:
+        """The checks of binding ``principal``; True when it would be a new binding (False:
+        the session is bound to it already)."""
         _check_principal(principal)
         _check_live(session)
         self._check_serving(session)
@@ -713,12 +714,17 @@ class Supervisor:
                 raise PrincipalMismatch(
                     f"session {_short(session._id)} is bound to another principal"
                 )
-        else:
-            limit = self._config.max_sessions_per_principal
-            if limit is not None and self._by_principal.get(principal, 0) >= limit:
-                raise CapacityError(
-                    f"maximum sessions per principal ({limit}) reached for {principal!r}"
-                )
+            return False
+        limit = self._config.max_sessions_per_principal
+        if limit is not None and self._by_principal.get(principal, 0) >= limit:
+            raise CapacityError(
+                f"maximum sessions per principal ({limit}) reached for {principal!r}"
+            )
+        return True
+
+    def _authenticate(self, session: Session, principal: str, bound: bool = False) -> None:
+        """Bind (or check) the principal; ``bound``: the cluster's principal slot is taken."""
+        if self._bindable(session, principal):
             cluster = self._cluster
             if cluster is not None and not bound:
                 refused = cluster.bind_nowait(principal)
@@ -860,27 +866,18 @@ class Supervisor:
         await trio.lowlevel.checkpoint_if_cancelled()
         session = self._live(session_id)
         cluster = self._cluster
-        if cluster is None or session._principal is not None:
+        if cluster is None or not self._bindable(session, principal):
             self._authenticate(session, principal)
             return session
-        _check_principal(principal)
-        _check_live(session)
-        self._check_serving(session)
-        limit = self._config.max_sessions_per_principal
-        if limit is not None and self._by_principal.get(principal, 0) >= limit:
-            raise CapacityError(
-                f"maximum sessions per principal ({limit}) reached for {principal!r}"
-            )
         await cluster.bind(principal)
-        if session._principal is not None:  # bound meanwhile (by a concurrent caller)
-            cluster.unbind(principal)
-            self._authenticate(session, principal)
-            return session
+        fresh = session._principal is None  # else bound meanwhile, by a concurrent caller
         try:
             self._authenticate(session, principal, bound=True)
         except BaseException:
             cluster.unbind(principal)
             raise
+        if not fresh:
+            cluster.unbind(principal)
         return session
 
     def set_metadata(self, session_id: str, key: str, value: Any) -> None:
