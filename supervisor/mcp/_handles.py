@@ -55,7 +55,7 @@ from .. import (
     Transport,
 )
 from .._ids import short_id
-from ._session import _CURRENT, McpSession, current_session
+from ._session import _CURRENT, McpSession, _create_now, current_session
 
 if typing.TYPE_CHECKING:
     from .. import SessionContext
@@ -314,12 +314,14 @@ class StateHandles:
         Raises:
             HandleError: as `open`.
         """
-        if self.supervisor.cluster is None:
-            return self.open(principal=principal, transport=transport, metadata=metadata)
         meta = {"era": HANDLE_ERA, _MARK: True, **(metadata or {})}
         try:
-            session = await self.supervisor.create_session(
-                self._actor, transport=transport, principal=principal, metadata=meta, wait=False
+            session = await _create_now(
+                self.supervisor,
+                self._actor,
+                transport=transport,
+                principal=principal,
+                metadata=meta,
             )
         except (CapacityError, SupervisorClosed) as exc:
             raise _refused(exc) from None

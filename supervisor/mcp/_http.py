@@ -65,7 +65,7 @@ from ._handles import _MARK as _HANDLE_MARK
 from ._handles import serving_stateless
 from ._http_session import _HttpSession, _run_http_session, _run_request, _SessionEventStore
 from ._modern import serve_modern
-from ._session import ServerSource, resolve_server
+from ._session import ServerSource, _create_now, resolve_server
 from ._transport import _UNPARSED, _Wire, parse
 from ._websocket import _deny, serve_websocket_connection
 
@@ -499,14 +499,9 @@ class McpHttpApp:
             await _rpc_error(send, 400, INVALID_REQUEST, "Bad Request: Missing session ID")
             return
         try:
-            if self.supervisor.cluster is None:
-                created = self.supervisor.create_session_nowait(
-                    self._actor, transport=Transport.HTTP, principal=principal
-                )
-            else:  # the slot is the cluster's: a round trip unless this node holds a spare
-                created = await self.supervisor.create_session(
-                    self._actor, transport=Transport.HTTP, principal=principal, wait=False
-                )
+            created = await _create_now(
+                self.supervisor, self._actor, transport=Transport.HTTP, principal=principal
+            )
         except (CapacityError, SupervisorClosed) as exc:
             self._refused_sessions.note(str(exc))
             await _rpc_error(

@@ -44,7 +44,7 @@ from mcp_types import (
 from .. import SessionState, SupervisorError, Transport
 
 if TYPE_CHECKING:
-    from .. import Message, Session, SessionContext, SupervisorConfig
+    from .. import Actor, Message, Session, SessionContext, Supervisor, SupervisorConfig
 
 __all__ = [
     "McpSession",
@@ -718,6 +718,33 @@ async def run_mcp_session(
         on_message=on_message,
         init_options=init_options,
         raise_exceptions=raise_exceptions,
+    )
+
+
+async def _create_now(
+    supervisor: Supervisor,
+    actor: Actor,
+    *,
+    transport: Transport,
+    principal: str | None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Session:
+    """A client's new session, never waiting for a slot.
+
+    `Supervisor.create_session_nowait`; in cluster mode ``create_session(wait=False)``, since
+    the slot is the cluster's (a round trip unless this node holds a spare one). Either way the
+    actor has not run yet when this returns (no checkpoint since it was spawned), so the caller
+    can register what the actor needs first.
+
+    Raises:
+        CapacityError, SupervisorClosed: as `Supervisor.create_session_nowait`.
+    """
+    if supervisor.cluster is None:
+        return supervisor.create_session_nowait(
+            actor, transport=transport, principal=principal, metadata=metadata
+        )
+    return await supervisor.create_session(
+        actor, transport=transport, principal=principal, metadata=metadata, wait=False
     )
 
 

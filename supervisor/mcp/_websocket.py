@@ -20,7 +20,14 @@ from mcp_types import jsonrpc_message_adapter
 from .. import CapacityError, SupervisorClosed, Transport
 from ._asgi import ASGIMessage, Receive, Scope, Send
 from ._auth import Principal
-from ._session import DISCONNECTED, ServerSource, _guarded, _Handshake, _serve_session
+from ._session import (
+    DISCONNECTED,
+    ServerSource,
+    _create_now,
+    _guarded,
+    _Handshake,
+    _serve_session,
+)
 
 if TYPE_CHECKING:
     from .. import SessionContext, Supervisor
@@ -102,14 +109,9 @@ async def serve_websocket_connection(
             done.set()
 
     try:
-        if app.supervisor.cluster is None:
-            session = app.supervisor.create_session_nowait(
-                actor, transport=Transport.WEBSOCKET, principal=principal
-            )
-        else:  # the slot is the cluster's: a round trip unless this node holds a spare
-            session = await app.supervisor.create_session(
-                actor, transport=Transport.WEBSOCKET, principal=principal, wait=False
-            )
+        session = await _create_now(
+            app.supervisor, actor, transport=Transport.WEBSOCKET, principal=principal
+        )
     except (CapacityError, SupervisorClosed):
         await _deny(scope, send, 503, [("Retry-After", str(app.retry_after))])
         return
