@@ -180,7 +180,6 @@ class Cluster:
         self.dropped_events = 0
         self._dropped_logged = 0
         self._addresses: dict[str, str] = {}
-        self._nodes_epoch = ""
         self.fenced_total = 0
         self.reaped_total = 0
         self._started = time.time()
@@ -206,17 +205,29 @@ class Cluster:
     def _serving(self) -> bool:
         return self.state == "ready" and trio.current_time() < self._fence_at
 
+    def _spare(self, key: str | None) -> int:
+        """Held slots not spent: the node's total (``key`` None) or a principal's."""
+        if key is None:
+            return self._held_total - self._used_total
+        return self._held_p.get(key, 0) - self._used_p.get(key, 0)
+
     def _take(self, key: str, total: bool) -> bool:
         """Spend one held slot (total and/or the principal's) if both are there."""
-        if total and self._held_total - self._used_total < 1:
-            return False
-        if key and self._held_p.get(key, 0) - self._used_p.get(key, 0) < 1:
+        if (total and self._spare(None) < 1) or (key and self._spare(key) < 1):
             return False
         if total:
             self._used_total += 1
         if key:
             self._used_p[key] = self._used_p.get(key, 0) + 1
         return True
+
+    def _untake(self, key: str, total: bool) -> None:
+        """Give back what `_take` spent (it becomes a spare; the ledger may return it)."""
+        if total:
+            self._used_total -= 1
+        if key:
+            self._used_p[key] -= 1
+        self._kick_ledger()
 
     def admit_nowait(self, principal: str | None) -> str | None:
         if not self._serving():
@@ -254,15 +265,10 @@ class Cluster:
     def unbind(self, principal: str) -> None:
         key = self._key(principal)
         if key:
-            self._used_p[key] -= 1
-            self._kick_ledger()
+            self._untake(key, False)
 
     def release(self, principal: str | None) -> None:
-        self._used_total -= 1
-        key = self._key(principal)
-        if key:
-            self._used_p[key] -= 1
-        self._kick_ledger()
+        self._untake(self._key(principal), True)
 
     def event(
         self,
@@ -361,21 +367,7 @@ class Cluster:
                 _epoch, nodes, entries = await self._store.view(events)
         except (StoreError, trio.TooSlowError) as exc:
             raise ClusterUnavailable(f"cluster: the store is not answering: {exc}") from exc
-        views = []
-        for node, info, pttl, held, sessions in nodes:
-            described = _describe(info)
-            views.append(
-                NodeView(
-                    id=str(node),
-                    address=str(described.get("address", "")),
-                    sessions=int(sessions),
-                    held=int(held),
-                    lease=None if int(pttl) < 0 else int(pttl) / 1000,
-                    started=float(described.get("started", 0.0)),
-                    this=node == self.node_id,
-                )
-            )
-        views.sort(key=lambda n: n.started)
+        views = self._node_views(nodes)
         tail = tuple(reversed([_cluster_event(e) for e in entries]))
         return ClusterView(
             node=self.node_id,
@@ -483,7 +475,6 @@ class Cluster:
             await self._reconcile()
         with trio.fail_after(self.request_timeout):
             await self._refresh_nodes()  # know the peers' addresses before serving
-        self._held_total = max(self._held_total, 0)
         self.state = "ready"
         logger.info("cluster: node %s joined %s", self.node_id, self.url or "the store")
         self._kick_ledger()
@@ -502,7 +493,7 @@ class Cluster:
         self._held_total = granted[0]
         self._held_p = {p: g for (p, _), g in zip(principals, granted[1:], strict=True)}
         # Register every live session again (no events: the old stream is gone).
-        sessions = [s for s in supervisor.sessions() if s.id.endswith("." + self.node_id)]
+        sessions = _owned(supervisor, self.node_id)
         registered: list[str] = []
         for session in sessions:
             info = registry_info(session.principal, session.transport.value, session._created_wall)
@@ -531,9 +522,8 @@ class Cluster:
         logger.warning("cluster: node %s fenced itself (%s); closing its sessions", old, why)
         supervisor = self._supervisor
         if supervisor is not None:
-            for session in supervisor.sessions():
-                if session.id.endswith("." + old):
-                    supervisor.close_session(session.id, reason="fenced")
+            for session in _owned(supervisor, old):
+                supervisor.close_session(session.id, reason="fenced")
         for request in self._queue:
             request.status = "unavailable"
             request.done.set()
@@ -612,16 +602,29 @@ class Cluster:
             else:
                 await self._fence(f"lease {status}")
 
-    async def _refresh_nodes(self) -> list[list[Any]]:
-        epoch, nodes, _ = await self._store.view(0)
-        addresses = {}
-        for node, info, _pttl, _held, _sessions in nodes:
-            address = str(_describe(info).get("address", ""))
-            if address:
-                addresses[str(node)] = address
-        self._addresses = addresses
-        self._nodes_epoch = epoch
-        return nodes
+    def _node_views(self, nodes: list[list[Any]]) -> list[NodeView]:
+        """The store's rows of nodes as views, oldest first; refreshes the address cache."""
+        views = []
+        for node, info, pttl, held, sessions in nodes:
+            described = _describe(info)
+            views.append(
+                NodeView(
+                    id=str(node),
+                    address=str(described.get("address", "")),
+                    sessions=int(sessions),
+                    held=int(held),
+                    lease=None if int(pttl) < 0 else int(pttl) / 1000,
+                    started=float(described.get("started", 0.0)),
+                    this=node == self.node_id,
+                )
+            )
+        views.sort(key=lambda n: n.started)
+        self._addresses = {n.id: n.address for n in views if n.address}
+        return views
+
+    async def _refresh_nodes(self) -> list[NodeView]:
+        _, nodes, _ = await self._store.view(0)
+        return self._node_views(nodes)
 
     async def _run_reaper(self) -> None:
         while True:
@@ -629,17 +632,17 @@ class Cluster:
             try:
                 with trio.fail_after(self.request_timeout):
                     nodes = await self._refresh_nodes()
-                for node, _info, pttl, _held, _sessions in nodes:
-                    if int(pttl) == -2 and node != self.node_id:
+                for node in nodes:
+                    if node.lease is None and not node.this:  # REAP checks the lease again
                         with trio.fail_after(self.request_timeout):
                             reaped = await self._store.reap(
-                                str(node), self.events_maxlen, _TOMB_MS, "node-lost", False
+                                node.id, self.events_maxlen, _TOMB_MS, "node-lost", False
                             )
                         if reaped >= 0:
                             self.reaped_total += 1
-                            self._addresses.pop(str(node), None)
+                            self._addresses.pop(node.id, None)
                             logger.warning(
-                                "cluster: node %s is gone: reaped its %d sessions", node, reaped
+                                "cluster: node %s is gone: reaped its %d sessions", node.id, reaped
                             )
             except (StoreError, trio.TooSlowError):
                 continue  # the lease task reports the store's state
@@ -654,8 +657,8 @@ class Cluster:
             if self._take(key, total):
                 await trio.lowlevel.checkpoint()
                 return
-            need_total = int(total and self._held_total - self._used_total < 1)
-            need_p = int(bool(key) and self._held_p.get(key, 0) - self._used_p.get(key, 0) < 1)
+            need_total = int(total and self._spare(None) < 1)
+            need_p = int(bool(key) and self._spare(key) < 1)
             request = _Request(key, total, need_total, need_p)
             self._queue.append(request)
             self._kick_ledger()
@@ -664,11 +667,7 @@ class Cluster:
                 await request.done.wait()
             except BaseException:
                 if request.taken:  # granted as we were cancelled: it becomes a spare
-                    if total:
-                        self._used_total -= 1
-                    if key:
-                        self._used_p[key] -= 1
-                    self._kick_ledger()
+                    self._untake(key, total)
                 else:
                     request.status = "abandoned"
                 raise
@@ -688,12 +687,12 @@ class Cluster:
         """Spare slots beyond what this node should keep (all of them while others want)."""
         giving_all = now < self._give_all_until
         keep = 0 if giving_all else min(self.lease_block, self._room // (2 * self._nodes_seen))
-        total = max(0, self._held_total - self._used_total - max(0, keep))
+        total = max(0, self._spare(None) - max(0, keep))
         principals = []
-        for key, held in self._held_p.items():
+        for key in self._held_p:
             room = self._room_p.get(key, 0)
             keep_p = 0 if giving_all else min(self.lease_block, room // (2 * self._nodes_seen))
-            extra = held - self._used_p.get(key, 0) - max(0, keep_p)
+            extra = self._spare(key) - max(0, keep_p)
             if extra > 0:
                 principals.append((key, extra))
         return total, principals
@@ -724,10 +723,11 @@ class Cluster:
     async def _admit_batch(self, batch: list[_Request]) -> None:
         requests: list[tuple[str, int, int, int, int]] = []
         spare_asked: set[str] = set()
-        for r in batch:
-            spare_t = self.lease_block if "" not in spare_asked and r.need_total else 0
+        for r in batch:  # spares are asked once per key and batch
+            spare_t = self.lease_block if r.need_total and "" not in spare_asked else 0
             spare_p = self.lease_block if r.principal and r.principal not in spare_asked else 0
-            spare_asked.add("")
+            if spare_t:
+                spare_asked.add("")
             if r.principal:
                 spare_asked.add(r.principal)
             requests.append((r.principal, r.need_total, r.need_principal, spare_t, spare_p))
@@ -830,6 +830,12 @@ class Cluster:
                 for node, ops in by_node.items():
                     await self._store.record(node, self.events_maxlen, ops)
             del self._ops[: len(chunk)]
+
+
+def _owned(supervisor: Supervisor, node: str) -> list[Session]:
+    """The supervisor's sessions whose id names ``node``, oldest first."""
+    suffix = "." + node
+    return [s for s in supervisor.sessions() if s.id.endswith(suffix)]
 
 
 def _refusal(status: str, max_sessions: int, limit: int, key: str) -> str:
