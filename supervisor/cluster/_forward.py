@@ -232,14 +232,7 @@ class Forwarding:
             # Too large: the app reads the rest and answers 413, as it would to the client.
             await self.app(scope, _replaying(body, receive), send)
             return
-        address = await self._locate(owner)
-        if address is None:
-            logger.warning(
-                "session %s...: owner %s... is unknown or dead: 404",
-                short_id(session_id),
-                short_id(owner),
-            )
-        elif await self._relay(scope, receive, send, address, body, session_id, owner):
+        if await self._relay(scope, receive, send, body, "session", session_id, owner, "404"):
             return
         await _rpc_error(send, 404, INVALID_REQUEST, "Not Found: unknown or expired session ID")
 
@@ -253,18 +246,16 @@ class Forwarding:
             handle = _handle_in(body)
             if handle is not None:
                 owner = self.directory.owner_of(handle)
-                if owner is not None and owner != self.directory.node_id:
-                    address = await self._locate(owner)
-                    if address is None:
-                        logger.warning(
-                            "handle %s...: owner %s... is unknown or dead: served here",
-                            short_id(handle),
-                            short_id(owner),
-                        )
-                    elif await self._relay(scope, receive, send, address, body, handle, owner):
-                        return
-                    # A dead owner: this node does not know the handle, and answers
-                    # session-not-found as for any ended one.
+                # A dead owner's handle is served here: this node does not know it, and
+                # answers session-not-found as for any ended one.
+                if (
+                    owner is not None
+                    and owner != self.directory.node_id
+                    and await self._relay(
+                        scope, receive, send, body, "handle", handle, owner, "served here"
+                    )
+                ):
+                    return
         await self.app(scope, _replaying(body, receive, more=not whole), send)
 
     # -- reading the body ---------------------------------------------------------------------
@@ -343,16 +334,28 @@ class Forwarding:
         scope: Scope,
         receive: Receive,
         send: Send,
-        address: str,
         body: bytes,
+        what: str,
         session_id: str,
         owner: str,
+        otherwise: str,
     ) -> bool:
-        """Relay the request to ``address`` and stream the answer back.
+        """Relay the request to ``owner`` and stream the answer back.
 
-        Returns False when the owner could not be connected to (nothing was sent to the
-        client), True when the request is answered (or the client left).
+        Returns False when the owner is unknown or could not be connected to (nothing was
+        sent to the client; logged, with ``what`` the id is and what is done ``otherwise``),
+        True when the request is answered (or the client left).
         """
+        address = await self._locate(owner)
+        if address is None:
+            logger.warning(
+                "%s %s...: owner %s... is unknown or dead: %s",
+                what,
+                short_id(session_id),
+                short_id(owner),
+                otherwise,
+            )
+            return False
         target = scope.get("raw_path") or str(scope.get("path", "/")).encode()
         query = scope.get("query_string") or b""
         url = address + bytes(target).decode("latin-1")
