@@ -22,8 +22,9 @@ from supervisor._cli import build_parser, check_cluster_options, main
 from supervisor._ops._admin import AdminApp, serve_admin
 from supervisor._ops._feed import Frame, cluster_frame
 from supervisor._ops._metrics import OperatorMetrics
-from supervisor._ops._run import Operations, redact_url
+from supervisor._ops._run import Operations
 from supervisor._ops._top import TopModel, render, run_top
+from supervisor.cluster._store import redact as redact_url
 from supervisor.cluster._view import ClusterEvent, ClusterView, NodeView
 from supervisor.mcp import create_demo_server
 

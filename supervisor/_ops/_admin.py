@@ -40,6 +40,7 @@ import trio
 from .. import CapacityError
 from ._auth import is_loopback
 from ._feed import (
+    CLUSTER_TIMEOUT,
     ClusterSource,
     EventHistory,
     Frame,
@@ -56,10 +57,6 @@ if TYPE_CHECKING:
     from ._metrics import OperatorMetrics, Receive, Scope, Send
 
 __all__ = ["CLUSTER_TIMEOUT", "AdminApp", "is_loopback", "serve_admin"]
-
-#: Seconds ``/cluster`` and ``/sessions?scope=cluster`` wait for the cluster's store before
-#: answering 503.
-CLUSTER_TIMEOUT = 2.0
 
 logger = logging.getLogger("supervisor.admin")
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..cluster._view import ClusterView
 
 __all__ = [
+    "CLUSTER_TIMEOUT",
     "HANDSHAKE_ERA",
     "ID_PREFIX",
     "ClusterSource",
@@ -54,6 +55,10 @@ __all__ = [
     "snapshot_frame",
     "stats_dict",
 ]
+
+#: Seconds the operator surface waits for the cluster's store: ``/cluster`` and
+#: ``/sessions?scope=cluster`` then answer 503, a scrape omits the cluster-wide gauges.
+CLUSTER_TIMEOUT = 2.0
 
 
 class ClusterSource(Protocol):

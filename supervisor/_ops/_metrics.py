@@ -41,7 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .. import CapacityError, EventKind, Lagged, SessionState, Transport
-from ._feed import HANDSHAKE_ERA, ClusterSource, is_state_handle
+from ._feed import CLUSTER_TIMEOUT, HANDSHAKE_ERA, ClusterSource, is_state_handle
 
 if TYPE_CHECKING:
     from .. import Supervisor
@@ -65,9 +65,6 @@ CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 
 #: The states of a cluster node, each a ``supervisor_cluster_state`` series.
 CLUSTER_STATES = ("joining", "ready", "unavailable", "fenced")
-
-#: Seconds a scrape waits for the cluster's store before omitting the cluster-wide gauges.
-CLUSTER_TIMEOUT = 2.0
 
 #: Reasons kept as label values; any other (free-form `close_session` reasons) counts as "other",
 #: so a caller cannot blow up the number of series.

@@ -18,7 +18,7 @@ import os
 import sys
 from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import trio
 
@@ -35,7 +35,6 @@ __all__ = [
     "Operations",
     "add_serve_options",
     "add_top_command",
-    "redact_url",
     "top_main",
 ]
 
@@ -117,23 +116,6 @@ def top_main(args: argparse.Namespace) -> int:
         if rest is None:
             return 0
         raise
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (userinfo, or a ``password=`` query value) shown as ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
-    query = "&".join(
-        f"{key}=***" if key.lower() == "password" else item
-        for item in parts.query.split("&")
-        if item
-        for key in (item.partition("=")[0],)
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _load_metrics(
@@ -246,8 +228,10 @@ class Operations:
         server, how to stop."""
         lines = []
         if self.cluster is not None:
+            from ..cluster._store import redact  # loaded already: this node is clustered
+
             lines.append(
-                f"cluster node {self.cluster.node_id} in {redact_url(self.args.cluster)}, "
+                f"cluster node {self.cluster.node_id} in {redact(self.args.cluster)}, "
                 f"reached by peers at {self.advertised}"
             )
         if self.admin_url is not None:

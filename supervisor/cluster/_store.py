@@ -104,15 +104,21 @@ class ClusterStore(Protocol):
 
 
 def redact(url: str) -> str:
-    """The URL without its password (for banners and logs)."""
+    """``url`` with its password (userinfo, or a ``password=`` query value) shown as ``***``,
+    for banners and logs."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    netloc = f"{parts.username}:***@{netloc}" if parts.username else f":***@{netloc}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    query = "&".join(
+        f"{key}=***" if key.lower() == "password" else item
+        for item in parts.query.split("&")
+        if item
+        for key in (item.partition("=")[0],)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 #: URL schemes `RedisStore` accepts (valkey:// is spelled redis:// to coredis).
