@@ -223,8 +223,6 @@ def make_cluster(args: argparse.Namespace) -> Cluster | None:
         advertise=args.advertise,
         lease=args.node_lease,
         check_every=args.lease_check,
-        # A store round trip must fit well within a renewal period (a third of the lease).
-        request_timeout=min(1.0, args.node_lease / 4),
     )
 
 

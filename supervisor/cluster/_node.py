@@ -109,7 +109,8 @@ class Cluster:
             and a node gives them back when another is refused.
         prefix: the hash tag of every key (one slot on Redis Cluster).
         events_maxlen: the event stream is trimmed to about this many entries.
-        request_timeout: seconds one store round trip may take.
+        request_timeout: seconds one store round trip may take; shorter than a third of the
+            lease (a renewal must fit in its period). Default: ``min(0.5, lease / 4)``.
         store: a `ClusterStore` to use instead of ``url`` (tests, other engines).
         cluster_nodes: ``(host, port)`` startup nodes of a Redis Cluster (``url`` then only
             gives the scheme and credentials).
@@ -125,7 +126,7 @@ class Cluster:
         lease_block: int = 8,
         prefix: str = "tss",
         events_maxlen: int = 10_000,
-        request_timeout: float = 0.5,
+        request_timeout: float | None = None,
         store: ClusterStore | None = None,
         cluster_nodes: Sequence[tuple[str, int]] | None = None,
     ) -> None:
@@ -135,6 +136,8 @@ class Cluster:
             raise ValueError(f"check_every must be a positive number of seconds: {check_every!r}")
         if not isinstance(lease_block, int) or lease_block < 0:
             raise ValueError(f"lease_block must be an integer >= 0, got {lease_block!r}")
+        if request_timeout is None:
+            request_timeout = min(0.5, lease / 4)
         if not (isinstance(request_timeout, int | float) and request_timeout > 0):
             raise ValueError(f"request_timeout must be positive, got {request_timeout!r}")
         if request_timeout >= lease / 3:
