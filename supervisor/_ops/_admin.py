@@ -37,7 +37,6 @@ from urllib.parse import parse_qs
 
 import trio
 
-from .. import CapacityError
 from ._auth import is_loopback
 from ._feed import (
     CLUSTER_TIMEOUT,
@@ -46,6 +45,7 @@ from ._feed import (
     Frame,
     cluster_frame,
     cluster_sessions_frame,
+    read_cluster,
     run_feed,
     snapshot_frame,
 )
@@ -202,13 +202,7 @@ class AdminApp:
         if self.cluster is None:
             await _respond(send, 404, b"Not Found: this node is not in a cluster (no --cluster)\n")
             return
-        frame: Frame | None = None
-        error = f"cluster: no answer from the store within {CLUSTER_TIMEOUT:g} s"
-        with trio.move_on_after(CLUSTER_TIMEOUT):
-            try:
-                frame = await read(self.cluster)
-            except CapacityError as exc:  # ClusterUnavailable: the store did not answer
-                error = str(exc) or type(exc).__name__
+        frame, error = await read_cluster(partial(read, self.cluster))
         if frame is None:
             state = f"node {self.cluster.node_id} is {self.cluster.state}"
             body = f"Service Unavailable ({state}): {error}".replace("\n", " ")

@@ -26,11 +26,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
-from .. import Event, Lagged
+from .. import CapacityError, Event, Lagged
 from .._ids import ID_PREFIX as ID_PREFIX
 from .._ids import short_id as short_id
 
@@ -47,6 +47,7 @@ __all__ = [
     "Frame",
     "cluster_frame",
     "cluster_sessions_frame",
+    "read_cluster",
     "event_frame",
     "is_state_handle",
     "run_feed",
@@ -59,6 +60,19 @@ __all__ = [
 #: Seconds the operator surface waits for the cluster's store: ``/cluster`` and
 #: ``/sessions?scope=cluster`` then answer 503, a scrape omits the cluster-wide gauges.
 CLUSTER_TIMEOUT = 2.0
+
+_T = TypeVar("_T")
+
+
+async def read_cluster(read: Callable[[], Awaitable[_T]]) -> tuple[_T | None, str]:
+    """``await read()`` (a read of the cluster's store) bounded by `CLUSTER_TIMEOUT`:
+    ``(value, "")``, or ``(None, why not)`` when the store is unreachable or too slow."""
+    with trio.move_on_after(CLUSTER_TIMEOUT):
+        try:
+            return await read(), ""
+        except CapacityError as exc:  # ClusterUnavailable: the store did not answer
+            return None, str(exc) or type(exc).__name__
+    return None, f"cluster: no answer from the store within {CLUSTER_TIMEOUT:g} s"
 
 
 class ClusterSource(Protocol):

@@ -22,13 +22,12 @@ one process do not collide.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import trio
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -40,8 +39,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .. import CapacityError, EventKind, Lagged, SessionState, Transport
-from ._feed import CLUSTER_TIMEOUT, HANDSHAKE_ERA, ClusterSource, is_state_handle
+from .. import EventKind, Lagged, SessionState, Transport
+from ._feed import CLUSTER_TIMEOUT, HANDSHAKE_ERA, ClusterSource, is_state_handle, read_cluster
 
 if TYPE_CHECKING:
     from .. import Supervisor
@@ -195,10 +194,7 @@ class ClusterCollector(Collector):
 
     async def refresh(self) -> None:
         """Read one view (bounded by `CLUSTER_TIMEOUT`); never raises for an absent store."""
-        self.view = None
-        with trio.move_on_after(CLUSTER_TIMEOUT):
-            with contextlib.suppress(CapacityError):  # ClusterUnavailable
-                self.view = await self._cluster.view(events=0)
+        self.view, _ = await read_cluster(partial(self._cluster.view, events=0))
 
     def collect(self) -> Iterable[Metric]:
         state = GaugeMetricFamily(

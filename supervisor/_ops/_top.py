@@ -20,6 +20,7 @@ import json
 import math
 import time
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -27,8 +28,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .. import CapacityError
-from ._feed import Frame, cluster_frame
+from ._feed import Frame, cluster_frame, read_cluster
 
 if TYPE_CHECKING:
     import httpx
@@ -399,12 +399,10 @@ async def poll_cluster_view(
 ) -> None:
     """Feed ``view`` a cluster frame read from ``cluster`` every ``every`` seconds, forever."""
     while True:
-        frame: Frame = {"type": "cluster-error", "error": "no answer from the store"}
-        with trio.move_on_after(CLUSTER_TIMEOUT):
-            try:
-                frame = cluster_frame(await cluster.view(events=CLUSTER_EVENTS))
-            except CapacityError as exc:  # ClusterUnavailable
-                frame = {"type": "cluster-error", "error": str(exc) or type(exc).__name__}
+        read, error = await read_cluster(partial(cluster.view, events=CLUSTER_EVENTS))
+        frame: Frame = (
+            {"type": "cluster-error", "error": error} if read is None else cluster_frame(read)
+        )
         view.push([frame])
         await trio.sleep(every)
 
