@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+    suppress,
+)
 from typing import Any, Protocol
 
 import attrs
@@ -194,13 +200,15 @@ class RedisStore:
             finally:
                 self._client = None
 
-    async def _run(self, name: str, args: Sequence[Any]) -> Any:
+    def _connected(self) -> Any:
         if self._client is None:
             raise StoreError("cluster store: not connected")
-        try:
+        return self._client
+
+    async def _run(self, name: str, args: Sequence[Any]) -> Any:
+        self._connected()
+        with _errors():
             return await self._scripts[name](keys=self._route, args=[self.prefix, *args])
-        except Exception as exc:
-            raise StoreError(f"cluster store: {type(exc).__name__}: {exc}") from exc
 
     async def join(
         self, node: str, info: str, lease_ms: int, seen: str, reconcile_ms: int, maxlen: int
@@ -271,13 +279,10 @@ class RedisStore:
 
     @asynccontextmanager
     async def hints(self) -> AsyncIterator[AsyncIterator[str]]:
-        if self._client is None:
-            raise StoreError("cluster store: not connected")
+        client = self._connected()
         channels = [f"{self.prefix}:want", f"{self.prefix}:freed"]
-        try:
-            async with self._client.pubsub(
-                channels=channels, ignore_subscribe_messages=True
-            ) as pubsub:
+        with _errors():
+            async with client.pubsub(channels=channels, ignore_subscribe_messages=True) as pubsub:
 
                 async def messages() -> AsyncIterator[str]:
                     async for message in pubsub:
@@ -285,19 +290,13 @@ class RedisStore:
                             yield str(message["channel"]).rpartition(":")[2]
 
                 yield messages()
-        except Exception as exc:
-            if isinstance(exc, OSError):
-                raise
-            raise StoreError(f"cluster store: {type(exc).__name__}: {exc}") from exc
 
     async def read_group(
         self, group: str, consumer: str, count: int, block_ms: int, claim_idle_ms: int
     ) -> list[tuple[str, dict[str, str]]]:
-        client = self._client
-        if client is None:
-            raise StoreError("cluster store: not connected")
+        client = self._connected()
         key = f"{self.prefix}:events"
-        try:
+        with _errors():
             # A dead consumer's pending entries first (at least once), then new ones.
             claimed = await client.xautoclaim(key, group, consumer, claim_idle_ms, "0-0", count)
             entries = list(claimed[1]) if claimed else []
@@ -307,35 +306,36 @@ class RedisStore:
                 )
                 if reply:
                     entries = list(next(iter(reply.values())))
-        except Exception as exc:
-            raise StoreError(f"cluster store: {type(exc).__name__}: {exc}") from exc
         return [
             (str(e.identifier), {str(k): str(v) for k, v in e.field_values.items()})
             for e in entries
         ]
 
     async def ensure_group(self, group: str) -> None:
-        client = self._client
-        if client is None:
-            raise StoreError("cluster store: not connected")
+        client = self._connected()
         from coredis.exceptions import StreamDuplicateConsumerGroupError
 
-        try:
+        with _errors(), suppress(StreamDuplicateConsumerGroupError):  # exists: consumers share it
             await client.xgroup_create(
                 f"{self.prefix}:events", group, identifier="$", mkstream=True
             )
-        except StreamDuplicateConsumerGroupError:
-            pass  # the group exists: its consumers share it
-        except Exception as exc:
-            raise StoreError(f"cluster store: {type(exc).__name__}: {exc}") from exc
 
     async def ack(self, group: str, ids: Sequence[str]) -> None:
         if not ids or self._client is None:
             return
-        try:
+        with _errors():
             await self._client.xack(f"{self.prefix}:events", group, list(ids))
-        except Exception as exc:
-            raise StoreError(f"cluster store: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Any failure of the client as a `StoreError`, the one exception `Cluster` handles."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cluster store: {type(exc).__name__}: {exc}") from exc
 
 
 def registry_info(principal: str | None, transport: str, created: float) -> str:
