@@ -36,7 +36,6 @@ import attrs
 import trio
 
 from .. import CapacityError, EventKind, SessionState
-from .._ids import short_id
 from ._store import ClusterStore, RedisStore, StoreError, redact, registry_info
 from ._view import ClusterEvent, ClusterView, NodeView
 
@@ -876,9 +875,3 @@ def _cluster_event(entry: Any) -> ClusterEvent:
         at=at,
         fields=fields,
     )
-
-
-def describe_session(session_id: str) -> str:
-    """A loggable form of a cluster session id: its short prefix and its node."""
-    _, _, node = session_id.rpartition(".")
-    return f"{short_id(session_id)}...{node}"
