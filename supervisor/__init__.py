@@ -7,6 +7,11 @@ called ``trio-session-supervisor`` (the PyPI name ``supervisor`` is the UNIX pro
 from contextlib import suppress as _suppress
 
 from ._config import SupervisorConfig as SupervisorConfig
+from ._durable import ActiveElsewhere as ActiveElsewhere
+from ._durable import DurableRecord as DurableRecord
+from ._durable import SessionStore as SessionStore
+from ._durable import StoreError as StoreError
+from ._durable import Superseded as Superseded
 from ._events import Event as Event
 from ._events import EventKind as EventKind
 from ._events import Lagged as Lagged
@@ -39,8 +44,10 @@ __version__ = "0.1.0"
 __all__ = [
     "LIVE_STATES",
     "TRANSITIONS",
+    "ActiveElsewhere",
     "Actor",
     "CapacityError",
+    "DurableRecord",
     "Event",
     "EventKind",
     "InvalidTransition",
@@ -57,7 +64,10 @@ __all__ = [
     "SessionSnapshot",
     "SessionState",
     "SessionStatistics",
+    "SessionStore",
+    "StoreError",
     "Subscription",
+    "Superseded",
     "Supervisor",
     "SupervisorClosed",
     "SupervisorConfig",

@@ -35,6 +35,15 @@ class SupervisorConfig:
         close_grace: how long an actor may take to return after `Supervisor.close_session`
             before it is cancelled.
         max_sessions_per_principal: sessions one principal may hold at once; ``None``: no limit.
+        retention: how long a passivated durable session is kept, then it expires for good
+            (an ``EXPIRED`` event with reason ``"retention"``; its record is deleted).
+        max_restarts: a durable session whose actor raises is restarted from its last saved
+            state at most this many times within ``restart_window`` seconds (OTP's restart
+            intensity); the next crash fails it. 0: never restart.
+        restart_window: see ``max_restarts``.
+        passivate_at_capacity: when `max_sessions` is reached, `Supervisor.create_session`
+            and `Supervisor.activate` passivate the least recently used idle durable session
+            to make room instead of refusing (or waiting).
         deadline_slack: how late an expiry may fire. The supervisor's timers wake once for
             all sessions due within one slack of each other. Expiry is never early and at most
             this late (plus the expiry work itself when very many are due at once). Between 0
@@ -53,6 +62,10 @@ class SupervisorConfig:
     close_grace: float = 1.0
     max_sessions_per_principal: int | None = None
     deadline_slack: float = 0.01
+    retention: float = 86400.0
+    max_restarts: int = 3
+    restart_window: float = 5.0
+    passivate_at_capacity: bool = False
 
     def __attrs_post_init__(self) -> None:
         for name in ("max_sessions", "max_sessions_per_principal"):
@@ -72,6 +85,17 @@ class SupervisorConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0 <= value < math.inf):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        for name in ("retention", "restart_window"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 < value < math.inf):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        restarts = self.max_restarts
+        if not (isinstance(restarts, int) and not isinstance(restarts, bool) and restarts >= 0):
+            raise ValueError(f"max_restarts must be an integer >= 0, got {restarts!r}")
+        if not isinstance(self.passivate_at_capacity, bool):
+            raise ValueError(
+                f"passivate_at_capacity must be True or False, got {self.passivate_at_capacity!r}"
+            )
         if self.deadline_slack > MAX_DEADLINE_SLACK:
             raise ValueError(
                 f"deadline_slack must be at most {MAX_DEADLINE_SLACK} s, "

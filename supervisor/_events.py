@@ -22,6 +22,14 @@ class EventKind(enum.StrEnum):
     """What happened.
 
     ``CLOSED``, ``EXPIRED`` and ``FAILED`` are terminal: each session ends with exactly one.
+
+    Durable sessions (``create_session(..., durable=True)``) have three more. ``PASSIVATED``:
+    the actor stopped and its state is kept in the store (reason ``"idle-timeout"``,
+    ``"capacity"`` or ``"shutdown"``); not terminal, but this activation is over: the session
+    left this supervisor's registry and its slot is free. ``ACTIVATED``: a passivated session
+    (or one whose node died) runs again, with the same id, from its last saved state. It is to
+    a registry what ``CREATED`` is. ``RESTARTED``: the actor raised and was started again from
+    the last saved state (``error`` is the exception).
     """
 
     CREATED = "created"
@@ -31,13 +39,23 @@ class EventKind(enum.StrEnum):
     CLOSED = "closed"
     EXPIRED = "expired"
     FAILED = "failed"
+    PASSIVATED = "passivated"
+    ACTIVATED = "activated"
+    RESTARTED = "restarted"
 
     @property
     def is_terminal(self) -> bool:
         return self in _TERMINAL
 
+    @property
+    def leaves(self) -> bool:
+        """True when the session leaves this supervisor's registry: a terminal event or
+        ``PASSIVATED``."""
+        return self in _LEAVING
+
 
 _TERMINAL = frozenset({EventKind.CLOSED, EventKind.EXPIRED, EventKind.FAILED})
+_LEAVING = _TERMINAL | {EventKind.PASSIVATED}
 
 
 @attrs.frozen(kw_only=True)
@@ -50,9 +68,11 @@ class Event:
         session: a frozen snapshot of the session taken when the event was published.
         reason: for terminal events, why the session ended (``"closed"``, ``"idle-timeout"``,
             ``"init-timeout"``, ``"max-lifetime"``, ``"shutdown"``, ``"actor-returned"``,
-            ``"actor-error"``, ``"task-error"``, ``"cancelled"`` or a reason given to
-            `Supervisor.close_session`).
-        error: for ``FAILED``, the exception the actor (or one of its tasks) raised, unwrapped.
+            ``"actor-error"``, ``"task-error"``, ``"cancelled"``, ``"superseded"``,
+            ``"retention"`` or a reason given to `Supervisor.close_session`); for
+            ``PASSIVATED``, why it was passivated; for ``RESTARTED``, ``"actor-error"``.
+        error: for ``FAILED`` and ``RESTARTED``, the exception the actor (or one of its tasks)
+            raised, unwrapped.
         old_state: for ``STATE_CHANGED``, the state left.
         new_state: for ``STATE_CHANGED``, the state entered.
         at: when, on trio's clock.

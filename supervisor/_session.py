@@ -92,6 +92,22 @@ class Session:
     _task_scopes: set[trio.CancelScope] | None = None
     _actor_done: bool = False
     _ended: bool = False
+    # Durable sessions only (see supervisor._durable): the registered actor's name, the
+    # activation's epoch and owner token, the last confirmed save, why the activation ends in
+    # a passivation (None: it does not, unless a shutdown or the idle deadline ends it), recent
+    # restart times, the lock that orders the session's store writes.
+    _durable: str | None = None
+    _epoch: int = 1
+    _owner: str | None = None
+    _saved: Any = None
+    _passivate: str | None = None
+    _superseded: bool = False
+    _restarts: deque[float] | None = None
+    _restart_count: int = 0
+    _store_lock: trio.Lock | None = None
+    _gone: trio.Event | None = None  # set when the session ends (made by whoever waits for it)
+    _writes: int = 0  # background store writes not yet done
+    _flushed: trio.Event | None = None  # set when _writes drops to 0 (made by whoever waits)
 
     def __repr__(self) -> str:
         return f"<Session {short_id(self._id)}… {self._state.value} {self._transport.value}>"
@@ -192,6 +208,22 @@ class Session:
         """
         _ending(self)
         return self._close_reason
+
+    @property
+    def durable(self) -> bool:
+        """True for a durable session: its saved state outlives its actor (see `Supervisor`)."""
+        return self._durable is not None
+
+    @property
+    def epoch(self) -> int:
+        """Which activation of a durable session this is: 1 at creation, one more each time
+        it is activated again (0 for a session that is not durable)."""
+        return self._epoch if self._durable is not None else 0
+
+    @property
+    def restarts(self) -> int:
+        """How many times this activation's actor was restarted after raising."""
+        return self._restart_count
 
     @property
     def deadline(self) -> float:

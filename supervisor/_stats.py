@@ -36,6 +36,11 @@ class SessionStatistics:
     ``by_state`` counts sessions in the registry, so ``CLOSED`` and ``ERROR`` are always 0 there:
     a session leaves the registry in the step that ends it. Ended sessions are counted in
     ``closed_total``, ``expired_total`` and ``failed_total``, which add up to ``ended_total``.
+
+    Durable sessions: ``passivated_total`` activations ended in a passivation (not counted in
+    ``ended_total``), ``activated_total`` passivated sessions ran again here (not counted in
+    ``created_total``), ``restarted_total`` actors were restarted after raising; ``retained``
+    passivated sessions this supervisor will expire when their retention ends.
     """
 
     total: int
@@ -57,6 +62,10 @@ class SessionStatistics:
     mailbox_high_water: int
     subscribers: int
     events_dropped_total: int
+    passivated_total: int = 0
+    activated_total: int = 0
+    restarted_total: int = 0
+    retained: int = 0
 
     @property
     def ended_total(self) -> int:

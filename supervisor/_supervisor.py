@@ -8,16 +8,26 @@ on the event bus of `supervisor._events`.
 
 from __future__ import annotations
 
+import heapq
+import json
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+    suppress,
+)
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, final
 
 import trio
 
 from ._config import SupervisorConfig
+from ._durable import DurableRecord, SessionStore, StoreError, Superseded, json_metadata
 from ._events import EventBus, EventKind, Subscription
 from ._exceptions import (
     CapacityError,
@@ -27,6 +37,7 @@ from ._exceptions import (
     SessionClosed,
     SessionNotFound,
     SupervisorClosed,
+    SupervisorError,
 )
 from ._ids import new_session_id
 from ._session import (
@@ -55,6 +66,11 @@ from ._timers import EXPIRY_COST, Timers
 
 if TYPE_CHECKING:
     from ._cluster import ClusterHook
+
+logger = logging.getLogger("supervisor")
+
+#: How often (trio seconds) a supervisor with a store purges expired passivated records.
+_PURGE_EVERY = 300.0
 
 __all__ = ["Actor", "SessionContext", "Supervisor", "open_supervisor"]
 
@@ -113,6 +129,37 @@ class SessionContext(Generic[T]):
     def closing(self) -> bool:
         """True once the session is ending: asked to close, shut down, or a deadline fired."""
         return _ending(self._session)
+
+    @property
+    def durable(self) -> bool:
+        """True when this session is durable (``create_session(..., durable=True)``)."""
+        return self._session._durable is not None
+
+    @property
+    def saved(self) -> Any:
+        """The state this durable session saved last (confirmed by the store), or ``None``.
+
+        An actor starts from it: after a passivation, a crash (restart), or on another node.
+        A fresh copy: changing it changes nothing until `save` is called.
+        """
+        saved = self._session._saved
+        return None if saved is None else json.loads(saved)
+
+    async def save(self, state: Any) -> None:
+        """Save ``state`` (a JSON-serializable value) as this durable session's snapshot.
+
+        Write-through: returns once the store has confirmed it, so a reply sent after it
+        never acknowledges a state that could be lost. Saves are written in order.
+
+        Raises:
+            TypeError: the session is not durable, or ``state`` is not JSON-serializable.
+            Superseded: the session was activated again elsewhere (or ended there): this
+                activation is stale, and the session now ends here (reason ``"superseded"``);
+                the store keeps the newer activation's state.
+            StoreError: the store failed; the state is not saved.
+            SessionClosed: the session has ended.
+        """
+        await self._supervisor._save(self._session, state)
 
     def touch(self) -> None:
         """Record activity: the idle deadline restarts from now. O(1), never blocks.
@@ -207,11 +254,28 @@ class Supervisor:
     """
 
     def __init__(
-        self, config: SupervisorConfig, nursery: trio.Nursery, cluster: ClusterHook | None = None
+        self,
+        config: SupervisorConfig,
+        nursery: trio.Nursery,
+        cluster: ClusterHook | None = None,
+        store: SessionStore | None = None,
     ) -> None:
         self._config = config
         self._nursery = nursery
         self._cluster = cluster
+        self._store = store
+        self._durable_actors: dict[str, Actor] = {}
+        self._activating: dict[str, trio.Event] = {}
+        # Passivated sessions this supervisor remembers until their retention ends.
+        self._retained: dict[str, Session] = {}
+        self._retention: list[tuple[float, int, Session]] = []  # heap: (trio deadline, seq, _)
+        self._retention_seq = 0
+        self._retention_kick = trio.Event()
+        self._writes = 0  # background store writes not yet done
+        self._writes_done = trio.Event()
+        self._passivated_total = 0
+        self._activated_total = 0
+        self._restarted_total = 0
         self._sessions: dict[str, Session] = {}
         self._used = 0  # sessions not yet ended + slots reserved for woken waiters
         self._by_principal: dict[str, int] = {}
@@ -238,6 +302,7 @@ class Supervisor:
         self._mailbox_size = config.mailbox_size
         self._timers = Timers(float(config.deadline_slack))
         self._timers_scope = trio.CancelScope()
+        self._retention_scope = trio.CancelScope()
 
     def __repr__(self) -> str:
         return f"<Supervisor {len(self._sessions)}/{self._config.max_sessions} sessions>"
@@ -252,9 +317,48 @@ class Supervisor:
         return self._cluster
 
     @property
+    def store(self) -> SessionStore | None:
+        """Where durable sessions keep their state (``open_supervisor(store=...)``)."""
+        return self._store
+
+    @property
     def closing(self) -> bool:
         """True once shutdown has begun: no new session is admitted."""
         return self._closing
+
+    def register_durable(self, name: str, actor: Actor) -> None:
+        """Register ``actor`` under ``name``, so durable sessions running it can be activated
+        again: by this supervisor after a passivation, by another process on the same store
+        (a restart), by another node of the cluster. Register at startup, everywhere.
+
+        The name is what the store keeps; ``create_session(actor, durable=True)`` finds it by
+        comparing actors with ``==`` (so a bound method registered once matches).
+
+        Raises:
+            TypeError: ``name`` is not a str or ``actor`` is not callable.
+            ValueError: ``name`` is empty, or already registered for another actor.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if not name:
+            raise ValueError("name must not be empty")
+        if not callable(actor):
+            raise TypeError(f"actor must be callable, got {actor!r}")
+        known = self._durable_actors.get(name)
+        if known is not None and known != actor:
+            raise ValueError(f"a different actor is registered as {name!r} already")
+        self._durable_actors[name] = actor
+
+    def _durable_name(self, actor: Actor) -> str:
+        if self._store is None:
+            raise ValueError("durable sessions need a store: open_supervisor(store=...)")
+        for name, known in self._durable_actors.items():
+            if known == actor:
+                return name
+        raise ValueError(
+            f"{actor!r} is not registered: call register_durable(name, actor) first, so the "
+            "session can be activated again"
+        )
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -296,6 +400,7 @@ class Supervisor:
         transport: Transport = Transport.IN_PROCESS,
         principal: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        durable: bool = False,
     ) -> Session:
         """Create a session and start its actor task (it runs from the next scheduling point).
 
@@ -303,16 +408,22 @@ class Supervisor:
         Never blocks. The arguments are checked before anything is reserved: a call that
         raises leaves no trace (no slot, no event, no count).
 
+        ``durable=True`` (needs ``open_supervisor(store=...)`` and an actor registered with
+        `register_durable`): the session's saved state (``ctx.save``) outlives its actor. Its
+        idle timeout and a shutdown passivate it instead of ending it, an actor that raises is
+        restarted (``max_restarts``), and `activate` brings it back, here or on another node.
+
         Raises:
             TypeError: ``actor`` is not callable, ``principal`` is not a str, or ``metadata``
                 is not a mapping.
             ValueError: ``transport`` is not a `Transport` (or its value), or ``principal``
-                is empty.
+                is empty; ``durable`` without a store or a registered actor.
             CapacityError: `max_sessions` or the principal's limit is reached. A slot freed
                 while callers wait in `create_session` goes to them, never to this call.
             SupervisorClosed: shutdown has begun.
         """
         transport, meta = _check_create(actor, transport, principal, metadata)
+        name = self._durable_name(actor) if durable else None
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
         if not self._has_room(principal):
@@ -325,7 +436,7 @@ class Supervisor:
                 self._rejected_total += 1
                 raise CapacityError(refused)
         self._reserve(principal)
-        return self._spawn(actor, transport, principal, meta)
+        return self._spawn(actor, transport, principal, meta, name)
 
     async def create_session(
         self,
@@ -335,6 +446,7 @@ class Supervisor:
         principal: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         wait: bool = True,
+        durable: bool = False,
     ) -> Session:
         """Like `create_session_nowait`, but wait for a slot instead of raising CapacityError.
 
@@ -346,10 +458,14 @@ class Supervisor:
         which may take a round trip to the cluster's store; waiting then also waits for a slot
         freed on another node.
 
+        With ``passivate_at_capacity``, a full supervisor passivates its least recently used
+        idle durable session and this call waits for its slot (even with ``wait=False``).
+
         Args:
             wait: False: refuse with CapacityError when full instead of waiting (in cluster
                 mode, unlike `create_session_nowait`, this may still take the round trip, so
                 it is refused only when the cluster is full).
+            durable: as `create_session_nowait`.
 
         Raises:
             TypeError, ValueError: as `create_session_nowait`.
@@ -358,17 +474,18 @@ class Supervisor:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         transport, meta = _check_create(actor, transport, principal, metadata)
+        name = self._durable_name(actor) if durable else None
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
         cluster = self._cluster
         if self._has_room(principal):
             self._reserve(principal)
             if cluster is None:
-                session = self._spawn(actor, transport, principal, meta)
+                session = self._spawn(actor, transport, principal, meta, name)
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return session
-            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait)
-        if not wait:
+            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait, name)
+        if not self._evict_for(principal) and not wait:
             self._rejected_total += 1
             raise CapacityError(self._capacity_message(principal))
         waiter = _Waiter(principal)
@@ -386,8 +503,8 @@ class Supervisor:
                 self._release(principal)
             raise SupervisorClosed("the supervisor is shutting down")
         if cluster is not None:
-            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait)
-        return self._spawn(actor, transport, principal, meta)
+            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait, name)
+        return self._spawn(actor, transport, principal, meta, name)
 
     async def _admit_cluster(
         self,
@@ -397,6 +514,8 @@ class Supervisor:
         principal: str | None,
         meta: dict[str, Any] | None,
         wait: bool,
+        durable: str | None = None,
+        restored: DurableRecord | None = None,
     ) -> Session:
         """The local slot is reserved: take the cluster's, then spawn (or give both back)."""
         try:
@@ -410,7 +529,36 @@ class Supervisor:
             cluster.release(principal)
             self._release(principal)
             raise SupervisorClosed("the supervisor is shutting down")
-        return self._spawn(actor, transport, principal, meta)
+        return self._spawn(actor, transport, principal, meta, durable, restored)
+
+    def _evict_for(self, principal: str | None) -> bool:
+        """With ``passivate_at_capacity``: passivate the least recently used idle durable
+        session, so a slot frees soon; False when that cannot help (a principal's limit is
+        what is reached, or no durable session is idle)."""
+        if not self._config.passivate_at_capacity or self._used < self._config.max_sessions:
+            return False
+        limit = self._config.max_sessions_per_principal
+        if (
+            limit is not None
+            and principal is not None
+            and self._by_principal.get(principal, 0) >= limit
+        ):
+            return False
+        now = trio.current_time()
+        victim: Session | None = None
+        for session in self._sessions.values():
+            if (
+                session._durable is not None
+                and not session._in_flight
+                and not _ending(session, now)
+                and (victim is None or session._last_activity < victim._last_activity)
+            ):
+                victim = session
+        if victim is None:
+            return False
+        victim._passivate = "capacity"
+        self._close(victim, "capacity")
+        return True
 
     def _has_room(self, principal: str | None) -> bool:
         if self._used >= self._config.max_sessions:
@@ -460,32 +608,63 @@ class Supervisor:
         transport: Transport,
         principal: str | None,
         metadata: dict[str, Any] | None,
+        durable: str | None = None,
+        restored: DurableRecord | None = None,
     ) -> Session:
-        """Make the record and start the actor in the slot just reserved (released on failure)."""
+        """Make the record and start the actor in the slot just reserved (released on failure).
+
+        ``restored``: a durable session activated again, from its record (same id; created
+        when it was first created; ``READY`` already if it had been initialized).
+        """
         try:
             config = self._config
             now = trio.current_time()
+            wall = time.time()
             idle = self._idle
+            created = now
+            handshake = None
+            if restored is not None:
+                created = now - max(0.0, wall - restored.created)
+                wall = restored.created
+                handshake = restored.handshake
             hard = math.inf
             lifetime_deadline = math.inf
-            if config.init_timeout is not None:
+            if config.init_timeout is not None and handshake is None:
                 hard = now + config.init_timeout
             if config.max_lifetime is not None:
-                lifetime_deadline = now + config.max_lifetime
+                lifetime_deadline = created + config.max_lifetime
                 hard = min(hard, lifetime_deadline)
             cluster = self._cluster
+            if restored is not None:
+                session_id = restored.id
+            else:
+                session_id = new_session_id() if cluster is None else cluster.new_session_id()
             session = Session(
-                id=new_session_id() if cluster is None else cluster.new_session_id(),
+                id=session_id,
                 transport=transport,
                 principal=principal,
-                created=now,
-                created_wall=time.time(),
+                created=created,
+                created_wall=wall,
                 last_activity=now,
                 idle_timeout=idle,
                 hard=hard,
                 lifetime_deadline=lifetime_deadline,
                 metadata=metadata,
             )
+            if durable is not None:
+                assert self._store is not None
+                session._durable = durable
+                session._owner = self._store.node
+                if restored is not None:
+                    session._epoch = restored.epoch
+                    if restored.state is not None:
+                        session._saved = json.dumps(restored.state)
+                    if handshake is not None:
+                        session._state = _S.READY
+                        session._initialized = True
+                        session._client_info = handshake.get("client_info")
+                        session._protocol_version = handshake.get("protocol_version")
+                        session._capabilities = handshake.get("capabilities")
             # The task runs from the next scheduling point, after the registration below.
             self._nursery.start_soon(self._run_actor, session, actor, name=actor)
         except BaseException:
@@ -499,41 +678,103 @@ class Supervisor:
         self._sessions[session._id] = session
         idle_at = now + idle
         self._timers.arm(session, idle_at if idle_at < hard else hard)
-        self._by_state[_S.CREATED] += 1
+        self._by_state[session._state] += 1
         self._by_transport[transport] += 1
-        self._created_total += 1
         if self._bus:
-            self._bus.publish(EventKind.CREATED, session, now)
-            if principal is not None:
+            if restored is None:
+                self._bus.publish(EventKind.CREATED, session, now)
+            else:
+                self._bus.publish(EventKind.ACTIVATED, session, now)
+            if principal is not None and restored is None:
                 self._bus.publish(EventKind.AUTHENTICATED, session, now)
+        if restored is None:
+            self._created_total += 1
+        else:
+            self._activated_total += 1
         return session
 
     # -- the actor task ------------------------------------------------------------------------
 
     async def _run_actor(self, session: Session, actor: Actor) -> None:
         try:
-            with session._scope:
-                await actor(SessionContext(session, self))
-        except BaseException as exc:
-            # Outside the session's scope: an effective deadline of -inf means a scope around
-            # the supervisor's nursery (or the nursery itself) really is cancelled.
-            if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
-                if not _ending(session):  # an expiry that fired first stays an expiry
-                    session._close_reason = "cancelled"
-                raise
-            if isinstance(exc, SessionClosed) and _ending(session) and session._error is None:
-                # The actor stopped because its own session is ending (say ctx.initialize()
-                # after shutdown began): a clean end, not a failure.
-                return
-            # Anything else fails this session alone, a stray Cancelled (one the actor kept
-            # from an inner scope) included: it must not cancel the siblings.
-            if session._error is None:
-                session._error = exc
-                session._error_reason = "actor-error"
-            if not _ours_to_swallow(exc):
-                raise  # KeyboardInterrupt and friends are not ours to swallow
+            while True:
+                try:
+                    with session._scope:
+                        await actor(SessionContext(session, self))
+                    return
+                except BaseException as exc:
+                    # Outside the session's scope: an effective deadline of -inf means a scope
+                    # around the supervisor's nursery (or the nursery itself) really is
+                    # cancelled.
+                    if _only_cancelled(exc) and trio.current_effective_deadline() == -math.inf:
+                        if not _ending(session):  # an expiry that fired first stays an expiry
+                            session._close_reason = "cancelled"
+                        raise
+                    if (
+                        isinstance(exc, SessionClosed | Superseded)
+                        and _ending(session)
+                        and session._error is None
+                    ):
+                        # The actor stopped because its own session is ending (say
+                        # ctx.initialize() after shutdown began, or a save refused because
+                        # the session is active elsewhere): a clean end, not a failure.
+                        return
+                    if self._may_restart(session, exc):
+                        self._restart(session, exc)
+                        continue
+                    # Anything else fails this session alone, a stray Cancelled (one the actor
+                    # kept from an inner scope) included: it must not cancel the siblings.
+                    if session._error is None:
+                        session._error = exc
+                        session._error_reason = "actor-error"
+                    if not _ours_to_swallow(exc):
+                        raise  # KeyboardInterrupt and friends are not ours to swallow
+                    return
         finally:
             self._actor_returned(session)
+
+    def _may_restart(self, session: Session, exc: BaseException) -> bool:
+        """A durable session's actor raised: restart it, within the restart intensity?"""
+        if (
+            session._durable is None
+            or not isinstance(exc, Exception)
+            or session._error is not None
+            or session._superseded
+            or self._closing
+            or _ending(session)
+        ):
+            return False
+        now = trio.current_time()
+        restarts = session._restarts
+        if restarts is None:
+            restarts = session._restarts = deque()
+        horizon = now - self._config.restart_window
+        while restarts and restarts[0] <= horizon:
+            restarts.popleft()
+        if len(restarts) >= self._config.max_restarts:
+            return False
+        restarts.append(now)
+        return True
+
+    def _restart(self, session: Session, exc: BaseException) -> None:
+        """Start the actor again in the same session: the calls it had taken get an error,
+        its tasks are cancelled, buffered messages stay for the new actor."""
+        session._restart_count += 1
+        self._restarted_total += 1
+        queued = set(session._queue or ())
+        crashed = SessionClosed(
+            f"session {_short(session._id)} restarted: its actor raised {type(exc).__name__}"
+        )
+        for msg in list(session._pending or ()):
+            if msg not in queued:
+                msg.fail(crashed)
+        for scope in session._task_scopes or ():
+            scope.cancel()
+        session._scope = trio.CancelScope()
+        if self._bus:
+            self._bus.publish(
+                EventKind.RESTARTED, session, trio.current_time(), reason="actor-error", error=exc
+            )
 
     def _actor_returned(self, session: Session) -> None:
         session._actor_done = True
@@ -605,7 +846,11 @@ class Supervisor:
         `_actor_returned`, `_close`); only a failure, which always wins, is decided here.
         """
         now = trio.current_time()
-        if session._error is not None:
+        passivated = self._passivates(session)
+        if passivated:
+            kind, reason = EventKind.PASSIVATED, session._close_reason
+            self._passivated_total += 1
+        elif session._error is not None:
             kind, reason = EventKind.FAILED, session._error_reason
             self._failed_total += 1
         elif session._expired:
@@ -624,6 +869,8 @@ class Supervisor:
                 self._transition(session, _S.CLOSING, now)
             self._transition(session, _S.CLOSED, now)
         session._ended = True
+        if session._gone is not None:
+            session._gone.set()
         del self._sessions[session._id]
         self._by_state[session._state] -= 1  # an ended session is counted in no state
         self._by_transport[session._transport] -= 1
@@ -638,10 +885,287 @@ class Supervisor:
             for msg in session._pending:
                 msg._close(closed)
             session._pending = None
+        if session._durable is not None and not session._superseded:
+            if passivated:
+                self._retain(session, now)
+            elif reason != "cancelled":  # cancelled: nothing can be written; the record stays
+                self._store_soon(session, self._store_delete)
         cluster = self._cluster
         if cluster is not None:
             cluster.release(session._principal)
         self._release(session._principal)
+
+    # -- durable sessions ----------------------------------------------------------------------
+
+    def _passivates(self, session: Session) -> bool:
+        """Does this durable session's activation end in a passivation (not for good)?"""
+        if session._durable is None or session._superseded or session._error is not None:
+            return False
+        reason = session._close_reason
+        if session._passivate is not None:
+            return reason == session._passivate  # not if another end was decided first
+        return reason == "shutdown" or (session._expired and reason == "idle-timeout")
+
+    def _record(self, session: Session, state: str | None) -> DurableRecord:
+        """What the store keeps of ``session``, with ``state`` (JSON text) as its snapshot."""
+        assert session._durable is not None
+        handshake = None
+        if session._initialized:
+            handshake = {
+                "client_info": session._client_info,
+                "protocol_version": session._protocol_version,
+                "capabilities": session._capabilities,
+            }
+        return DurableRecord(
+            id=session._id,
+            actor=session._durable,
+            epoch=session._epoch,
+            owner=session._owner,
+            state=None if state is None else json.loads(state),
+            transport=session._transport.value,
+            principal=session._principal,
+            metadata=json_metadata(session._metadata),
+            handshake=handshake,
+            created=session._created_wall,
+        )
+
+    async def _save(self, session: Session, state: Any) -> None:
+        if session._durable is None:
+            raise TypeError(
+                f"session {_short(session._id)} is not durable: create_session(durable=True)"
+            )
+        try:
+            text = json.dumps(state)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"a durable session's state must be JSON-serializable: {exc}") from None
+        _check_live(session)
+        if session._superseded:
+            raise Superseded(f"session {_short(session._id)} is active elsewhere")
+        assert self._store is not None
+        lock = session._store_lock
+        if lock is None:
+            lock = session._store_lock = trio.Lock()
+        async with lock:
+            try:
+                await self._store.save(self._record(session, text))
+            except Superseded:
+                self._superseded(session)
+                raise
+            session._saved = text
+
+    def _superseded(self, session: Session) -> None:
+        """A store refused this activation's write: another one holds the session now."""
+        session._superseded = True
+        if not session._ended:
+            self._close(session, "superseded")
+
+    def _store_soon(self, session: Session, write: Callable[[Session], Awaitable[object]]) -> None:
+        """Write to the store in the background, in order with the session's other writes."""
+        self._writes += 1
+        session._writes += 1
+        self._nursery.start_soon(self._store_write, session, write, name="supervisor store")
+
+    async def _store_write(
+        self, session: Session, write: Callable[[Session], Awaitable[object]]
+    ) -> None:
+        lock = session._store_lock
+        if lock is None:
+            lock = session._store_lock = trio.Lock()
+        try:
+            async with lock:
+                await write(session)
+        except Superseded:
+            self._superseded(session)
+        except StoreError as exc:
+            logger.warning("durable session %s: the store failed (%s)", _short(session._id), exc)
+        finally:
+            session._writes -= 1
+            if not session._writes and session._flushed is not None:
+                session._flushed.set()
+                session._flushed = None
+            self._writes -= 1
+            if not self._writes:
+                self._writes_done.set()
+                self._writes_done = trio.Event()
+
+    async def _store_handshake(self, session: Session) -> None:
+        assert self._store is not None
+        await self._store.save(self._record(session, session._saved))
+
+    async def _store_delete(self, session: Session) -> None:
+        assert self._store is not None
+        await self._store.delete(session._id, session._epoch)
+
+    async def _writes_flushed(self) -> None:
+        while self._writes:
+            await self._writes_done.wait()
+
+    def _retain(self, session: Session, now: float) -> None:
+        """A passivated session: the store keeps it without an owner until its retention ends
+        (wall clock), and this supervisor expires it then (trio clock)."""
+        retention = self._config.retention
+        expires = time.time() + retention
+        assert self._store is not None
+        store = self._store
+
+        async def passivate(session: Session) -> None:
+            await store.passivate(self._record(session, session._saved), expires)
+
+        self._store_soon(session, passivate)
+        self._retained[session._id] = session
+        self._retention_seq += 1
+        heapq.heappush(self._retention, (now + retention, self._retention_seq, session))
+        self._retention_kick.set()
+
+    async def _run_retention(self) -> None:
+        """Expire passivated sessions whose retention has run out (their records go), and
+        purge now and then the expired records nobody here remembers (a dead node's, an
+        earlier process's)."""
+        heap = self._retention
+        next_purge = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if now >= next_purge:
+                next_purge = now + _PURGE_EVERY
+                self._nursery.start_soon(self._purge, name="supervisor store purge")
+            while heap and heap[0][0] <= now:
+                session = heapq.heappop(heap)[2]
+                session_id = session._id
+                if self._retained.get(session_id) is not session or session_id in self._sessions:
+                    continue  # activated again meanwhile (the entry is stale)
+                del self._retained[session_id]
+                self._nursery.start_soon(
+                    self._expire_retained, session, name="supervisor retention"
+                )
+            with trio.move_on_at(min(next_purge, heap[0][0] if heap else math.inf)):
+                await self._retention_kick.wait()
+                self._retention_kick = trio.Event()
+
+    async def _purge(self) -> None:
+        assert self._store is not None
+        try:
+            await self._store.purge(time.time())
+        except StoreError as exc:
+            logger.warning("durable sessions: purging expired records failed (%s)", exc)
+
+    async def _expire_retained(self, session: Session) -> None:
+        assert self._store is not None
+        lock = session._store_lock
+        if lock is None:
+            lock = session._store_lock = trio.Lock()
+        try:
+            async with lock:  # after the passivation's own write
+                deleted = await self._store.delete(session._id, session._epoch)
+        except StoreError as exc:
+            logger.warning(
+                "durable session %s: its retention ended but the store failed (%s)",
+                _short(session._id),
+                exc,
+            )
+            return
+        if deleted and session._id not in self._sessions:
+            session._close_reason = "retention"
+            self._expired_total += 1
+            if self._bus:
+                self._bus.publish(
+                    EventKind.EXPIRED, session, trio.current_time(), reason="retention"
+                )
+
+    async def activate(self, session_id: str) -> Session:
+        """The session ``session_id``, activated here from its store record if need be.
+
+        A live session here is returned as it is. Otherwise (passivated, its process
+        restarted, its node died) the store moves the record to a new epoch owned by this
+        supervisor and the registered actor starts with the same id from the last saved state
+        (an ``ACTIVATED`` event; the session counts a slot again, and is ``READY`` with the
+        saved handshake if it had been initialized). Concurrent calls for one id activate it
+        once. A session still ending here (passivating) is waited for first.
+
+        Raises:
+            SessionNotFound: no store, no record (never durable, ended for good, expired), or
+                no actor registered here under the record's name.
+            ActiveElsewhere: another live node holds the session (in cluster mode: relay the
+                request there).
+            CapacityError: no slot (``passivate_at_capacity`` first passivates an idle one).
+            SupervisorClosed: shutdown has begun.
+            StoreError: the store failed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            session = self._sessions.get(session_id)
+            if session is None:
+                break
+            if session._durable is None or not _ending(session) or session._superseded:
+                return session
+            # Ending here: wait until it has passivated (or ended), then activate it again.
+            if session._gone is None:
+                session._gone = trio.Event()
+            await session._gone.wait()
+            while session._writes:  # and until the store has its last state
+                if session._flushed is None:
+                    session._flushed = trio.Event()
+                await session._flushed.wait()
+        store = self._store
+        if store is None or not isinstance(session_id, str):
+            raise SessionNotFound(f"no session {_short(session_id)}")
+        if self._closing:
+            raise SupervisorClosed("the supervisor is shutting down")
+        pending = self._activating.get(session_id)
+        if pending is not None:
+            await pending.wait()
+            return await self.activate(session_id)
+        done = self._activating[session_id] = trio.Event()
+        try:
+            return await self._activate(store, session_id)
+        finally:
+            del self._activating[session_id]
+            done.set()
+
+    async def _activate(self, store: SessionStore, session_id: str) -> Session:
+        record = await store.activate(session_id, time.time())
+        try:
+            actor = self._durable_actors.get(record.actor)
+            if actor is None:
+                raise SessionNotFound(
+                    f"session {_short(session_id)} runs actor {record.actor!r}, which is not "
+                    "registered here (register_durable)"
+                )
+            transport = Transport(record.transport)
+            principal = record.principal
+            meta = dict(record.metadata) or None
+            if self._has_room(principal):
+                self._reserve(principal)
+            elif self._evict_for(principal):
+                waiter = _Waiter(principal)
+                self._waiters.append(waiter)
+                try:
+                    await waiter.event.wait()
+                except BaseException:
+                    if waiter.reserved:
+                        self._release(principal)
+                    else:
+                        self._waiters.remove(waiter)
+                    raise
+                if waiter.closed or self._closing:
+                    if waiter.reserved:
+                        self._release(principal)
+                    raise SupervisorClosed("the supervisor is shutting down")
+            else:
+                self._rejected_total += 1
+                raise CapacityError(self._capacity_message(principal))
+            cluster = self._cluster
+            self._retained.pop(session_id, None)
+            if cluster is not None:
+                return await self._admit_cluster(
+                    cluster, actor, transport, principal, meta, False, record.actor, record
+                )
+            return self._spawn(actor, transport, principal, meta, record.actor, record)
+        except BaseException:
+            # Not running here after all: give the record back, passivated as it was.
+            expires = record.expires or time.time() + self._config.retention
+            with trio.CancelScope(shield=True), suppress(SupervisorError):
+                await store.passivate(record, expires)
+            raise
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -702,6 +1226,8 @@ class Supervisor:
         _touch(session, now)
         if self._bus:
             self._bus.publish(EventKind.INITIALIZED, session, now)
+        if session._durable is not None:
+            self._store_soon(session, self._store_handshake)  # the record's handshake
 
     def _bindable(self, session: Session, principal: str) -> bool:
         """The checks of binding ``principal``; True when it would be a new binding (False:
@@ -785,6 +1311,10 @@ class Supervisor:
     async def _run_timers(self) -> None:
         with self._timers_scope:
             await self._timers.run(self._on_due)
+
+    async def _retention_task(self) -> None:
+        with self._retention_scope:
+            await self._run_retention()
 
     # -- the public operations on a session by id ----------------------------------------------
 
@@ -1123,6 +1653,10 @@ class Supervisor:
             mailbox_high_water=self._high_water,
             subscribers=len(self._bus),
             events_dropped_total=self._bus.dropped_total,
+            passivated_total=self._passivated_total,
+            activated_total=self._activated_total,
+            restarted_total=self._restarted_total,
+            retained=len(self._retained),
         )
 
     # -- shutdown ------------------------------------------------------------------------------
@@ -1271,7 +1805,7 @@ def _ours_to_swallow(exc: BaseException) -> bool:
 
 @asynccontextmanager
 async def open_supervisor(
-    *, cluster: ClusterHook | None = None, **config: Any
+    *, cluster: ClusterHook | None = None, store: SessionStore | None = None, **config: Any
 ) -> AsyncIterator[Supervisor]:
     """Open a supervisor: a nursery whose tasks are the session actors.
 
@@ -1285,6 +1819,11 @@ async def open_supervisor(
     `ClusterHook` interface): the node joins the cluster before the block runs and leaves it
     after the last session has ended; capacity then holds cluster-wide.
 
+    ``store``: where durable sessions keep their state (`supervisor.durable.SqliteStore`, or
+    `supervisor.cluster.Cluster.store`); opened after joining the cluster, closed once the last
+    session has ended and the last write has been confirmed. A graceful exit passivates the
+    durable sessions (they are activated again by the next process on the same store).
+
     Raises:
         TypeError: an unknown keyword.
         ValueError: a value out of range.
@@ -1293,22 +1832,30 @@ async def open_supervisor(
     supervisor: Supervisor | None = None
     try:
         async with trio.open_nursery() as nursery:
-            supervisor = Supervisor(cfg, nursery, cluster)
+            supervisor = Supervisor(cfg, nursery, cluster, store)
             # Beside the sessions, until the last has ended.
             nursery.start_soon(supervisor._run_timers, name="supervisor timers")
             joined: AbstractAsyncContextManager[None] = (
                 nullcontext() if cluster is None else cluster.attach(supervisor)
             )
             async with joined:
-                try:
-                    yield supervisor
-                except BaseException:
-                    supervisor._begin_shutdown()
-                    nursery.cancel_scope.cancel()
-                    raise
-                else:
-                    await supervisor.shutdown()
+                opened: AbstractAsyncContextManager[None] = (
+                    nullcontext() if store is None else store.open()
+                )
+                async with opened:
+                    if store is not None:
+                        nursery.start_soon(supervisor._retention_task, name="supervisor retention")
+                    try:
+                        yield supervisor
+                    except BaseException:
+                        supervisor._begin_shutdown()
+                        nursery.cancel_scope.cancel()
+                        raise
+                    else:
+                        await supervisor.shutdown()
+                        await supervisor._writes_flushed()
             supervisor._timers_scope.cancel()
+            supervisor._retention_scope.cancel()
     finally:
         if supervisor is not None:
             supervisor._bus.close()
