@@ -14,14 +14,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from supervisor import SessionNotFound
-from supervisor._durable import DurableRecord, SessionStore, StoreError
+from supervisor._durable import DurableRecord, SessionStore, StoreError, Superseded
 from supervisor.durable import SqliteStore
 
 from ._store_contract import StoreContract, StoreFactory, make_record, new_id
@@ -158,20 +159,137 @@ async def test_a_save_is_on_disk_when_it_returns(tmp_path: Path) -> None:
             assert row == (1, store.node, f'{{"count":{count}}}')
 
 
-async def test_an_sqlite_failure_is_a_store_error(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def foreign_writer(path: Path) -> Iterator[None]:
+    """Another connection holds the file's write lock while the block runs."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        yield
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+
+
+def rows(path: Path) -> dict[str, tuple[int, str | None, str]]:
+    """Every row's epoch, owner and state, read by a fresh connection."""
+    reader = sqlite3.connect(path)
+    try:
+        found = reader.execute("SELECT id, epoch, owner, state FROM sessions").fetchall()
+    finally:
+        reader.close()
+    return {sid: (epoch, owner, state) for sid, epoch, owner, state in found}
+
+
+async def test_an_sqlite_failure_is_a_store_error_for_every_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("supervisor.durable._sqlite._BUSY_TIMEOUT", 0.05)
+    path = tmp_path / "sessions.db"
+    store = SqliteStore(path)
+    errors: list[StoreError] = []
+
+    async def save(sid: str) -> None:
+        try:
+            await store.save(make_record(sqlite_store(store), sid))
+        except StoreError as exc:
+            errors.append(exc)
+
+    async with store.open():
+        with foreign_writer(path), trio.fail_after(30):
+            with pytest.raises(StoreError, match="locked"):
+                await store.activate(new_id(), time.time())
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(save, new_id())
+        assert len(errors) == 5
+        assert all("locked" in str(exc) for exc in errors)
+        assert rows(path) == {}
+        sid = new_id()
+        await store.save(make_record(sqlite_store(store), sid))  # and the store carries on
+        assert list(rows(path)) == [sid]
+
+
+async def test_concurrent_saves_get_their_own_verdicts(tmp_path: Path) -> None:
+    # Saves waiting together are committed together; each still gets its own answer.
     path = tmp_path / "sessions.db"
     store = SqliteStore(path)
     async with store.open():
-        blocker = sqlite3.connect(path, isolation_level=None)
-        try:
-            blocker.execute("PRAGMA busy_timeout = 0")
-            blocker.execute("BEGIN EXCLUSIVE")  # a foreign writer holds the file
-            with trio.fail_after(30), pytest.raises(StoreError, match="locked"):
-                await store.save(make_record(sqlite_store(store), new_id()))
-            blocker.execute("ROLLBACK")
-        finally:
-            blocker.close()
-        await store.save(make_record(sqlite_store(store), new_id()))  # and the store carries on
+        stored = sqlite_store(store)
+        fresh = [new_id() for _ in range(40)]
+        verdicts: dict[tuple[str, int], str] = {}
+
+        async def save(sid: str, epoch: int) -> None:
+            try:
+                await store.save(make_record(stored, sid, epoch=epoch, state={"e": epoch}))
+            except Superseded:
+                verdicts[sid, epoch] = "superseded"
+            else:
+                verdicts[sid, epoch] = "saved"
+
+        async with trio.open_nursery() as nursery:
+            for sid in fresh:
+                nursery.start_soon(save, sid, 1)
+                nursery.start_soon(save, sid, 2)  # no row at epoch 2: refused
+        assert verdicts == {
+            **{(sid, 1): "saved" for sid in fresh},
+            **{(sid, 2): "superseded" for sid in fresh},
+        }
+        assert rows(path) == {sid: (1, store.node, '{"e":1}') for sid in fresh}
+
+
+async def test_a_save_cancelled_while_it_waits_is_not_written(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    store = SqliteStore(path)
+    first, second = new_id(), new_id()  # second: cancelled
+    async with store.open():
+        stored = sqlite_store(store)
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                with foreign_writer(path):  # the first commit waits on it (busy timeout 5 s)
+                    nursery.start_soon(store.save, make_record(stored, first))
+                    await trio.testing.wait_all_tasks_blocked()
+                    with trio.CancelScope() as waiting:
+                        waiting.cancel()
+                        await store.save(make_record(stored, second))
+                    assert waiting.cancelled_caught
+                # the lock is released: the first save commits, without the second
+        assert list(rows(path)) == [first]
+        third = new_id()
+        await store.save(make_record(stored, third))  # the next commit does not carry it either
+        assert sorted(rows(path)) == sorted([first, third])
+
+
+async def test_a_save_cancelled_while_its_commit_runs(tmp_path: Path) -> None:
+    # Three saves in one commit; the last one's caller gives up while the commit runs. The
+    # others are confirmed, and the store goes on (the cancelled one's outcome is unknown).
+    path = tmp_path / "sessions.db"
+    store = SqliteStore(path)
+    ids = [new_id() for _ in range(3)]
+    saved: list[str] = []
+    async with store.open():
+        stored = sqlite_store(store)
+        scopes = [trio.CancelScope() for _ in ids]
+
+        async def save(sid: str, scope: trio.CancelScope) -> None:
+            with scope:
+                await store.save(make_record(stored, sid))
+                saved.append(sid)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                with foreign_writer(path):
+                    for sid, scope in zip(ids, scopes, strict=True):
+                        nursery.start_soon(save, sid, scope)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scopes[-1].cancel()
+                    await trio.testing.wait_all_tasks_blocked()
+        # The one cancelled may have led the commit (then it was confirmed) or not.
+        assert set(ids[:2]) <= set(saved) <= set(ids)
+        assert set(saved) <= set(rows(path))
+        later = new_id()
+        await store.save(make_record(stored, later))
+        assert later in rows(path)
 
 
 CHILD = textwrap.dedent(

@@ -8,6 +8,13 @@ serialised and each is atomic. The file is in WAL mode with ``synchronous=FULL``
 a save that returned is on disk, and survives the process being killed (and, with ``FULL``,
 the machine losing power).
 
+Group commit: saves and passivations that are waiting while a commit runs go into the next
+transaction together (one fsync for all), each checked on its own: every writer gets its own
+verdict (`Superseded` for its row alone; a failed commit is a `StoreError` for all of them).
+Measured on ext4, ``synchronous=FULL``, medians of 5 in one run: 1000 saves issued at once take
+40 us each instead of 143 us with a transaction each (3.6x); 1000 saves one after another,
+about 400 us each, are unchanged.
+
 Ownership: `SqliteStore.open` takes an exclusive advisory lock (``fcntl.flock``) on
 ``<path>.lock``, so exactly one open store (one process, one node) uses the file at a time.
 Every other owner token found in the file therefore belongs to an earlier open, whose process
@@ -121,6 +128,22 @@ def _decode(row: _Row) -> DurableRecord:
 
 
 @final
+class _Write:
+    """One save or passivation waiting for a commit, and its verdict once committed."""
+
+    __slots__ = ("done", "error", "row")
+
+    def __init__(self, row: _Row) -> None:
+        self.row = row
+        self.done = False
+        self.error: Exception | None = None
+
+    def finish(self, error: Exception) -> None:
+        self.error = error
+        self.done = True
+
+
+@final
 class SqliteStore:
     """Durable session records in the SQLite file at ``path``: the embedded `SessionStore`.
 
@@ -147,7 +170,10 @@ class SqliteStore:
             raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS)}: {synchronous!r}")
         self._path = os.fspath(path)
         self._synchronous = synchronous.upper()
+        # Held by the task whose step runs; FIFO, so steps run in the order they asked.
         self._limiter = trio.CapacityLimiter(1)
+        self._thread = trio.CapacityLimiter(1)  # our own, not trio's shared default
+        self._pending: list[_Write] = []  # saves and passivations waiting for the next commit
         self._conn: sqlite3.Connection | None = None
         self._node: str | None = None
         self._opening = False
@@ -186,7 +212,8 @@ class SqliteStore:
         try:
             lock_fd = self._lock()
             try:
-                conn = await trio.to_thread.run_sync(self._connect, limiter=self._limiter)
+                async with self._limiter:
+                    conn = await trio.to_thread.run_sync(self._connect, limiter=self._thread)
                 self._conn = conn
                 self._node = secrets.token_hex(8)
                 try:
@@ -194,8 +221,9 @@ class SqliteStore:
                 finally:
                     self._conn = None
                     self._node = None
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(conn.close, limiter=self._limiter)
+                    with trio.CancelScope(shield=True):  # after the step that runs, if any
+                        async with self._limiter:
+                            await trio.to_thread.run_sync(conn.close, limiter=self._thread)
             finally:
                 os.close(lock_fd)  # releases the flock
         finally:
@@ -255,27 +283,88 @@ class SqliteStore:
 
     async def _run(self, step: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``step`` as one transaction in the worker thread."""
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             raise StoreError("store is not open")
+        async with self._limiter:
+            conn = self._conn
+            if conn is None:  # closed while this step waited
+                raise StoreError("store is not open")
 
-        def transaction() -> T:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            def transaction() -> T:
                 try:
+                    conn.execute("BEGIN IMMEDIATE")
                     result = step(conn)
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback(conn)
+                    raise StoreError(f"the store {self._path} failed: {exc}") from exc
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    self._rollback(conn)
                     raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise StoreError(f"the store {self._path} failed: {exc}") from exc
-            return result
+                return result
 
-        return await trio.to_thread.run_sync(transaction, limiter=self._limiter)
+            return await trio.to_thread.run_sync(transaction, limiter=self._thread)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    async def _commit(self, row: _Row) -> None:
+        """Write ``row`` (fenced, see `_write`) in the next commit, with the other writes
+        waiting by then: group commit, one transaction and one fsync for all of them. Each
+        writer gets its own verdict (`Superseded` for its row alone); a failed commit is a
+        `StoreError` for every writer in it."""
+        if self._conn is None:
+            raise StoreError("store is not open")
+        write = _Write(row)
+        self._pending.append(write)
+        try:
+            async with self._limiter:
+                if not write.done:  # else an earlier writer committed it with its own
+                    conn = self._conn
+                    batch, self._pending = self._pending, []
+                    if conn is None:  # closed while this write waited
+                        for each in batch:
+                            each.finish(StoreError("store is not open"))
+                    else:
+                        # Shielded: once the batch is taken, every write in it gets a verdict.
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(
+                                self._write_batch, conn, batch, limiter=self._thread
+                            )
+        except BaseException:
+            # Cancelled while waiting. Not taken by a commit yet: then it never will be.
+            # Taken (its commit runs now): whether it was written is unknown to the caller.
+            with contextlib.suppress(ValueError):
+                self._pending.remove(write)
+            raise
+        if write.error is not None:
+            raise write.error
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Write]) -> None:
+        committed = False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                try:
+                    self._write(conn, write.row)
+                except Superseded as exc:
+                    write.error = exc
+            conn.execute("COMMIT")
+            committed = True
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            for write in batch:
+                write.error = StoreError(f"the store {self._path} failed: {exc}")
+        finally:
+            if not committed:
+                self._rollback(conn)
+            for write in batch:
+                if not committed and write.error is None:
+                    write.error = StoreError(f"the store {self._path} failed to commit")
+                write.done = True
 
     def _write(self, conn: sqlite3.Connection, row: _Row) -> None:
         """Write ``row`` if the fencing rule allows it, else raise `Superseded`."""
@@ -303,8 +392,7 @@ class SqliteStore:
             Superseded: the stored epoch or owner differs, or the row is gone at epoch > 1.
             StoreError: the store is not open, or SQLite failed (disk full, I/O error, ...).
         """
-        row = _encode(record, self._node, None)
-        await self._run(lambda conn: self._write(conn, row))
+        await self._commit(_encode(record, self._node, None))
 
     async def passivate(self, record: DurableRecord, expires: float) -> None:
         """Write ``record`` without an owner, kept until ``expires`` (wall clock); as `save`.
@@ -312,8 +400,7 @@ class SqliteStore:
         Raises:
             TypeError, Superseded, StoreError: as `save`.
         """
-        row = _encode(record, None, expires)
-        await self._run(lambda conn: self._write(conn, row))
+        await self._commit(_encode(record, None, expires))
 
     async def activate(self, session_id: str, now: float) -> DurableRecord:
         """Move the record to the next epoch, owned by this node, and return it.
