@@ -22,24 +22,43 @@ that disagree about an owner cannot loop. An owner with no known address, or tha
 connection, is a dead owner: its handshake-era session gets the app's 404 for an unknown
 session, and a 2026-07-28 call goes to the local app, which answers ``session-not-found``
 because it does not know the handle.
+
+Durable sessions (the supervisor keeps them in `Cluster.store`) move: a passivated one, or a
+dead node's, is activated on whichever node gets its next request, so the id no longer says
+who runs it. For a session that is not live on this node, forwarding asks the store who holds
+it (one round trip) and then:
+
+* no record: as above (the id's node, or 404 / ``session-not-found``);
+* held by another live node: relayed there (503 with ``Retry-After`` if it cannot be reached:
+  its lease has not lapsed yet, so it cannot be activated elsewhere either);
+* passivated, or its owner is dead: activated here (`Supervisor.activate`) and served by the
+  local app; if another node won the race to activate it, relayed to that node;
+* no slot here, or the store is not answering: 503 with ``Retry-After``.
+
+A relayed request (``x-tss-forwarded``) is activated here if it is not live here, and never
+relayed again.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
-from typing import Final, Protocol, final
+from typing import Final, Literal, Protocol, cast, final
 
 import httpx
 import trio
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .._durable import ActiveElsewhere, StoreError
+from .._exceptions import CapacityError, SessionNotFound, SupervisorClosed
 from .._ids import short_id
 from ..mcp._asgi import ASGIMessage, Receive, Scope, Send, _rpc_error
 from ..mcp._checks import DEFAULT_MAX_BODY_SIZE, _path_ok, _queued
+from ._durable import MISSING, Missing
 
-__all__ = ["FORWARDED_HEADER", "Directory", "Forwarding"]
+__all__ = ["FORWARDED_HEADER", "Directory", "DurableDirectory", "Forwarding"]
 
 logger = logging.getLogger("supervisor.cluster")
 
@@ -79,6 +98,17 @@ _KEEPALIVE_EXPIRY = 4.0
 #: Seconds to receive a body, for an app that does not say (`McpHttpApp` has ``body_timeout``).
 _BODY_TIMEOUT = 30.0
 
+#: ``Retry-After`` (seconds) of a 503 for a durable session that is moving between nodes.
+_RETRY_AFTER: Final = "1"
+
+
+class _Route(enum.Enum):
+    """Where a request for a durable session goes, besides a node id to relay it to."""
+
+    LOCAL = "local"  # the local app (the session is live here now, or it is not found)
+    AS_BEFORE = "as-before"  # no durable record: the id's node, as for any session
+    BUSY = "busy"  # 503: no slot here, the store is away, or the owner is unreachable
+
 
 class Directory(Protocol):
     """Who owns a session and where a node answers: what `Forwarding` asks of the cluster."""
@@ -95,6 +125,29 @@ class Directory(Protocol):
     def address_of(self, node: str) -> str | None:
         """The base URL (``http://host:port``) of the live peer ``node``; None when it is
         unknown or dead. Never blocks."""
+        ...
+
+
+class DurableDirectory(Directory, Protocol):
+    """What `Forwarding` asks of a directory whose node keeps durable sessions (`Cluster`):
+    used when its ``durable`` is True."""
+
+    @property
+    def durable(self) -> bool:
+        """True when the node's supervisor keeps durable sessions in the cluster's store."""
+        ...
+
+    def is_live(self, session_id: str) -> bool:
+        """True when the session runs on this node now. Never blocks."""
+        ...
+
+    async def durable_owner(self, session_id: str) -> str | Literal[Missing.MISSING] | None:
+        """The live node holding the session, None (passivated, or its owner is dead), or
+        `MISSING` (no record). Raises `supervisor.StoreError`."""
+        ...
+
+    async def activate(self, session_id: str) -> None:
+        """Activate the session here (`Supervisor.activate`), raising what it raises."""
         ...
 
 
@@ -130,6 +183,8 @@ class Forwarding:
         connect_timeout: Seconds to connect to an owner before it counts as dead.
         body_timeout: Seconds to receive a body that is to be relayed or searched for a
             handle; a slower one gets 408 (default: the app's ``body_timeout``, else 30).
+        activate_timeout: Seconds an activation of a durable session here may take (a slot
+            included) before the request gets 503 with ``Retry-After``.
     """
 
     def __init__(
@@ -141,6 +196,7 @@ class Forwarding:
         max_body_size: int | None = None,
         connect_timeout: float = 2.0,
         body_timeout: float | None = None,
+        activate_timeout: float = 10.0,
     ) -> None:
         if max_body_size is None:
             max_body_size = getattr(app, "max_body_size", DEFAULT_MAX_BODY_SIZE)
@@ -152,12 +208,15 @@ class Forwarding:
             raise ValueError("connect_timeout must be a positive number of seconds")
         if not body_timeout > 0:
             raise ValueError("body_timeout must be a positive number of seconds")
+        if not activate_timeout > 0:
+            raise ValueError("activate_timeout must be a positive number of seconds")
         self.app = app
         self.directory = directory
         self.path = path
         self.max_body_size: int = max_body_size
         self.connect_timeout = connect_timeout
         self.body_timeout: float = body_timeout
+        self.activate_timeout = activate_timeout
         self._client: httpx.AsyncClient | None = None
 
     async def aclose(self) -> None:
@@ -181,6 +240,8 @@ class Forwarding:
         session_id: bytes | None = None
         version: bytes | None = None
         method: bytes | None = None
+        durable = self._durable()
+        forwarded = False
         for key, value in scope["headers"]:
             if key == _SESSION_HEADER:
                 session_id = value
@@ -189,14 +250,16 @@ class Forwarding:
             elif key == _METHOD_HEADER:
                 method = value
             elif key == _FORWARDED:
-                # Relayed once already: this node answers, whoever the id names.
-                await self.app(scope, receive, send)
-                return
+                if durable is None:
+                    # Relayed once already: this node answers, whoever the id names.
+                    await self.app(scope, receive, send)
+                    return
+                forwarded = True  # answered here, a durable session activated here first
         if version is not None and version in _MODERN:
             # Over HTTP, ``Mcp-Method`` must equal the body's method (the SDK answers
             # HEADER_MISMATCH otherwise, here as on the owner): only a tools/call is read.
             if method == b"tools/call" and scope.get("method") == "POST":
-                await self._modern(scope, receive, send)
+                await self._modern(scope, receive, send, durable, forwarded)
             else:
                 await self.app(scope, receive, send)
             return
@@ -204,6 +267,17 @@ class Forwarding:
             await self.app(scope, receive, send)
             return
         sid = bytes(session_id).decode("latin-1")
+        if durable is not None:
+            route = await self._durable_route(durable, sid, forwarded)
+            if route is _Route.LOCAL:
+                await self.app(scope, receive, send)
+                return
+            if route is _Route.BUSY:
+                await _busy(send)
+                return
+            if isinstance(route, str):
+                await self._handshake(scope, receive, send, sid, route, durable=True)
+                return
         owner = self.directory.owner_of(sid)
         if owner is None or owner == self.directory.node_id:
             await self.app(scope, receive, send)
@@ -218,12 +292,72 @@ class Forwarding:
 
         return lifespan_send
 
+    # -- durable sessions ---------------------------------------------------------------------
+
+    def _durable(self) -> DurableDirectory | None:
+        """The directory, when its node keeps durable sessions in the cluster's store."""
+        if getattr(self.directory, "durable", False) is True:
+            return cast(DurableDirectory, self.directory)
+        return None
+
+    async def _durable_route(
+        self, durable: DurableDirectory, session_id: str, forwarded: bool
+    ) -> _Route | str:
+        """Where a request for ``session_id`` goes: a `_Route`, or the node to relay it to.
+
+        A session live here is served here (no round trip). Otherwise the store says who
+        holds it (one round trip; skipped for a relayed request, which is never relayed
+        again): another live node gets the request; a passivated session, or a dead node's,
+        is activated here first.
+        """
+        if durable.is_live(session_id):
+            return _Route.LOCAL
+        if not forwarded:
+            try:
+                owner = await durable.durable_owner(session_id)
+            except StoreError as exc:
+                logger.warning(
+                    "session %s...: the durable store did not answer (%s): routed by its id",
+                    short_id(session_id),
+                    exc,
+                )
+                return _Route.AS_BEFORE
+            if owner is MISSING:
+                return _Route.AS_BEFORE
+            if owner is not None and owner != durable.node_id:
+                return owner
+        try:
+            with trio.fail_after(self.activate_timeout):
+                await durable.activate(session_id)
+        except ActiveElsewhere as exc:  # another node won the race to activate it
+            if forwarded or exc.owner == durable.node_id:
+                return _Route.BUSY
+            return exc.owner
+        except (SessionNotFound, SupervisorClosed):
+            return _Route.LOCAL  # the app answers as for any unknown session
+        except (CapacityError, StoreError, trio.TooSlowError) as exc:
+            logger.warning(
+                "session %s...: cannot activate it here (%s): 503",
+                short_id(session_id),
+                type(exc).__name__,
+            )
+            return _Route.BUSY
+        return _Route.LOCAL
+
     # -- the two eras -------------------------------------------------------------------------
 
     async def _handshake(
-        self, scope: Scope, receive: Receive, send: Send, session_id: str, owner: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        owner: str,
+        *,
+        durable: bool = False,
     ) -> None:
-        """A handshake-era request for ``owner``'s session: relay it, or 404 if it is dead."""
+        """A handshake-era request for ``owner``'s session: relay it, or 404 if it is dead
+        (503 for a durable session, whose owner's lease has not lapsed yet)."""
         read = await self._read(receive, send)
         if read is None:
             return
@@ -232,11 +366,22 @@ class Forwarding:
             # Too large: the app reads the rest and answers 413, as it would to the client.
             await self.app(scope, _replaying(body, receive), send)
             return
-        if await self._relay(scope, receive, send, body, "session", session_id, owner, "404"):
+        otherwise = "503" if durable else "404"
+        if await self._relay(scope, receive, send, body, "session", session_id, owner, otherwise):
+            return
+        if durable:
+            await _busy(send)
             return
         await _rpc_error(send, 404, INVALID_REQUEST, "Not Found: unknown or expired session ID")
 
-    async def _modern(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _modern(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        durable: DurableDirectory | None = None,
+        forwarded: bool = False,
+    ) -> None:
         """A 2026-07-28 POST: relay a tool call on another node's handle, else serve here."""
         read = await self._read(receive, send)
         if read is None:
@@ -244,7 +389,20 @@ class Forwarding:
         body, whole = read
         if whole:
             handle = _handle_in(body)
-            if handle is not None:
+            route: _Route | str = _Route.AS_BEFORE
+            if handle is not None and durable is not None:
+                route = await self._durable_route(durable, handle, forwarded)
+            if route is _Route.BUSY:
+                await _busy(send)
+                return
+            if isinstance(route, str):
+                assert handle is not None
+                if not await self._relay(
+                    scope, receive, send, body, "handle", handle, route, "503"
+                ):
+                    await _busy(send)
+                return
+            if handle is not None and route is _Route.AS_BEFORE:
                 owner = self.directory.owner_of(handle)
                 # A dead owner's handle is served here: this node does not know it, and
                 # answers session-not-found as for any ended one.
@@ -467,6 +625,17 @@ def _replaying(body: bytes, receive: Receive, *, more: bool = True) -> Receive:
         return await receive()
 
     return replay
+
+
+async def _busy(send: Send) -> None:
+    """503 with ``Retry-After``: the durable session cannot be served right now."""
+    await _rpc_error(
+        send,
+        503,
+        INTERNAL_ERROR,
+        "Service Unavailable: the session is moving between nodes; retry",
+        headers=[("Retry-After", _RETRY_AFTER)],
+    )
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:

@@ -30,12 +30,13 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import trio
 
-from .. import CapacityError, EventKind, SessionState
+from .. import CapacityError, EventKind, SessionNotFound, SessionState
+from ._durable import MISSING, Missing, RedisSessionStore
 from ._store import ClusterStore, RedisStore, StoreError, redact, registry_info
 from ._view import ClusterEvent, ClusterView, NodeView
 
@@ -53,6 +54,9 @@ MAX_PENDING: Final = 100_000
 
 #: Operations per RECORD call.
 _CHUNK: Final = 500
+
+#: Values per buffered operation: the node whose registry it goes to, then RECORD's six.
+_OP: Final = 7
 
 #: Tombstones of reaped nodes live this long (ms): a node paused longer than this and then
 #: resumed no longer learns it was reaped, but its lease check fences it anyway.
@@ -182,6 +186,10 @@ class Cluster:
         self.dropped_events = 0
         self._dropped_logged = 0
         self._addresses: dict[str, str] = {}
+        # Sessions activated here whose id names another node (or an earlier incarnation):
+        # session id -> the incarnation whose registry holds them.
+        self._hosted: dict[str, str] = {}
+        self._durable: RedisSessionStore | None = None
         self.fenced_total = 0
         self.reaped_total = 0
         self._started = time.time()
@@ -282,18 +290,25 @@ class Cluster:
     ) -> None:
         at = f"{time.time():.3f}"
         sid = session.id
-        if kind is EventKind.CREATED or kind is EventKind.AUTHENTICATED:
-            info = registry_info(session.principal, session.transport.value, session._created_wall)
-            op = ("c" if kind is EventKind.CREATED else "a", sid, kind.value, info, "", at)
-        elif kind.is_terminal:
-            op = ("e", sid, kind.value, reason or "", "", at)
+        if kind is EventKind.ACTIVATED:
+            # Registered here, whichever node the id names (a durable session moves).
+            node = self._hosted[sid] = self.node_id
         else:
-            if len(self._ops) >= 6 * MAX_PENDING:
+            node = self._hosted.get(sid) or sid.rpartition(".")[2]
+        if kind in (EventKind.CREATED, EventKind.AUTHENTICATED, EventKind.ACTIVATED):
+            info = registry_info(session.principal, session.transport.value, session._created_wall)
+            tag = "a" if kind is EventKind.AUTHENTICATED else "c"
+            op = (node, tag, sid, kind.value, info, "", at)
+        elif kind.leaves:  # a terminal event, or PASSIVATED: the session leaves this node
+            self._hosted.pop(sid, None)
+            op = (node, "e", sid, kind.value, reason or "", "", at)
+        else:
+            if len(self._ops) >= _OP * MAX_PENDING:
                 self.dropped_events += 1
                 return
             old = "" if old_state is None else old_state.value
             new = "" if new_state is None else new_state.value
-            op = ("x", sid, kind.value, old, new, at)
+            op = (node, "x", sid, kind.value, old, new, at)
         self._ops.extend(op)
         self._records_kick.set()
 
@@ -452,6 +467,72 @@ class Cluster:
 
         return Forwarding(app, self, path=path, **options)
 
+    # -- durable sessions ----------------------------------------------------------------------
+
+    @property
+    def store(self) -> RedisSessionStore:
+        """The durable-session store on this cluster's Redis (one per `Cluster`):
+        ``open_supervisor(cluster=cluster, store=cluster.store)``. Its owner token is this
+        node's current incarnation id. Needs the cluster to run on a `RedisStore`."""
+        if self._durable is None:
+            if not isinstance(self._store, RedisStore):
+                raise ClusterError("Cluster.store needs the cluster to run on a RedisStore")
+            self._durable = RedisSessionStore(self)
+        return self._durable
+
+    def _durable_store(self) -> RedisSessionStore | None:
+        """The cluster's durable store, if the attached supervisor uses it."""
+        supervisor = self._supervisor
+        durable = self._durable
+        if supervisor is None or durable is None:
+            return None
+        return durable if getattr(supervisor, "store", None) is durable else None
+
+    def is_live(self, session_id: str) -> bool:
+        """True when the session runs on this node now (forwarding serves it here)."""
+        supervisor = self._supervisor
+        return supervisor is not None and session_id in supervisor
+
+    async def durable_owner(self, session_id: str) -> str | Literal[Missing.MISSING] | None:
+        """Who holds a durable session now (one read of the store): the owner's node id
+        while its lease exists, None when it is passivated or its owner is dead, `MISSING`
+        when there is no record or the supervisor does not use `store`.
+
+        Raises:
+            supervisor.StoreError: the store did not answer.
+        """
+        durable = self._durable_store()
+        if durable is None:
+            return MISSING
+        return await durable.owner(session_id, time.time())
+
+    async def activate(self, session_id: str) -> None:
+        """Activate a durable session on this node (`Supervisor.activate`).
+
+        Raises:
+            whatever `Supervisor.activate` raises (SessionNotFound, ActiveElsewhere, ...).
+        """
+        supervisor = self._supervisor
+        if supervisor is None or self._durable_store() is None:
+            raise SessionNotFound("no durable store on this node")
+        await supervisor.activate(session_id)
+
+    @property
+    def durable(self) -> bool:
+        """True when the attached supervisor keeps durable sessions in `store`."""
+        return self._durable_store() is not None
+
+    def _owned(self, supervisor: Supervisor, node: str) -> list[Session]:
+        """The supervisor's sessions registered under ``node``: created by it (the id names
+        it) or activated by it; oldest first."""
+        suffix = "." + node
+        hosted = self._hosted
+        return [
+            s
+            for s in supervisor.sessions()
+            if hosted.get(s.id, "") == node or (s.id not in hosted and s.id.endswith(suffix))
+        ]
+
     # -- joining, leaving, fencing -------------------------------------------------------------
 
     def _info(self) -> str:
@@ -495,11 +576,11 @@ class Cluster:
         self._held_total = granted[0]
         self._held_p = {p: g for (p, _), g in zip(principals, granted[1:], strict=True)}
         # Register every live session again (no events: the old stream is gone).
-        sessions = _owned(supervisor, self.node_id)
+        sessions = self._owned(supervisor, self.node_id)
         registered: list[str] = []
         for session in sessions:
             info = registry_info(session.principal, session.transport.value, session._created_wall)
-            registered.extend(("r", session.id, "created", info, "", ""))
+            registered.extend((self.node_id, "r", session.id, "created", info, "", ""))
         self._ops[:0] = registered
         self._records_kick.set()
         excess = self._used_total - self._held_total
@@ -522,9 +603,13 @@ class Cluster:
         self.state = "fenced"
         self.fenced_total += 1
         logger.warning("cluster: node %s fenced itself (%s); closing its sessions", old, why)
+        # The new incarnation first: the durable store's writes and deletes are this node's
+        # only while its id is the one holding the record, so the closing sessions' records
+        # stay with the old (dead) incarnation, to be activated anywhere.
+        self.node_id = _node_token()
         supervisor = self._supervisor
         if supervisor is not None:
-            for session in _owned(supervisor, old):
+            for session in self._owned(supervisor, old):
                 supervisor.close_session(session.id, reason="fenced")
         for request in self._queue:
             request.status = "unavailable"
@@ -533,7 +618,6 @@ class Cluster:
         self._held_total = 0
         self._held_p.clear()
         self._dirty.clear()
-        self.node_id = _node_token()
         while True:
             try:
                 with trio.fail_after(self.request_timeout * 2):
@@ -819,11 +903,10 @@ class Cluster:
 
     async def _flush_records(self, *, final: bool = False) -> None:
         while self._ops:
-            chunk = self._ops[: 6 * _CHUNK]
+            chunk = self._ops[: _OP * _CHUNK]
             by_node: dict[str, list[str]] = {}
-            for i in range(0, len(chunk), 6):
-                node = chunk[i + 1].rpartition(".")[2]
-                by_node.setdefault(node, []).extend(chunk[i : i + 6])
+            for i in range(0, len(chunk), _OP):
+                by_node.setdefault(chunk[i], []).extend(chunk[i + 1 : i + _OP])
             if self.dropped_events > self._dropped_logged:
                 dropped = self.dropped_events - self._dropped_logged
                 self._dropped_logged = self.dropped_events
@@ -832,12 +915,6 @@ class Cluster:
                 for node, ops in by_node.items():
                     await self._store.record(node, self.events_maxlen, ops)
             del self._ops[: len(chunk)]
-
-
-def _owned(supervisor: Supervisor, node: str) -> list[Session]:
-    """The supervisor's sessions whose id names ``node``, oldest first."""
-    suffix = "." + node
-    return [s for s in supervisor.sessions() if s.id.endswith(suffix)]
 
 
 def _refusal(status: str, max_sessions: int, limit: int, key: str) -> str:
