@@ -1010,6 +1010,7 @@ class Supervisor:
 
         async def passivate(session: Session) -> None:
             await store.passivate(self._record(session, session._saved), expires)
+            session._saved = None  # kept by the store; the memory need not hold it for a day
 
         self._store_soon(session, passivate)
         self._retained[session._id] = session
@@ -1027,19 +1028,33 @@ class Supervisor:
             now = trio.current_time()
             if now >= next_purge:
                 next_purge = now + _PURGE_EVERY
-                self._nursery.start_soon(self._purge, name="supervisor store purge")
+                self._background(self._purge())
             while heap and heap[0][0] <= now:
                 session = heapq.heappop(heap)[2]
                 session_id = session._id
                 if self._retained.get(session_id) is not session or session_id in self._sessions:
                     continue  # activated again meanwhile (the entry is stale)
                 del self._retained[session_id]
-                self._nursery.start_soon(
-                    self._expire_retained, session, name="supervisor retention"
-                )
+                self._background(self._expire_retained(session))
             with trio.move_on_at(min(next_purge, heap[0][0] if heap else math.inf)):
                 await self._retention_kick.wait()
                 self._retention_kick = trio.Event()
+
+    def _background(self, write: Awaitable[None]) -> None:
+        """Run a store step that belongs to no session's order, counted as a write (the store
+        stays open until it is done)."""
+        self._writes += 1
+
+        async def run() -> None:
+            try:
+                await write
+            finally:
+                self._writes -= 1
+                if not self._writes:
+                    self._writes_done.set()
+                    self._writes_done = trio.Event()
+
+        self._nursery.start_soon(run, name="supervisor store")
 
     async def _purge(self) -> None:
         assert self._store is not None
@@ -1853,6 +1868,7 @@ async def open_supervisor(
                         raise
                     else:
                         await supervisor.shutdown()
+                        supervisor._retention_scope.cancel()
                         await supervisor._writes_flushed()
             supervisor._timers_scope.cancel()
             supervisor._retention_scope.cancel()

@@ -217,9 +217,11 @@ async def test_close_session_ends_a_durable_session_for_good() -> None:
             await sup.activate(sid)
 
 
-async def test_shutdown_passivates_and_the_next_supervisor_activates() -> None:
+@pytest.mark.parametrize("delay", [0.0, 0.05])
+async def test_shutdown_passivates_and_the_next_supervisor_activates(delay: float) -> None:
+    # With a slow store too: the block is left only once the passivations are written.
     shelf = Shelf()
-    async with open_supervisor(store=MemoryStore(shelf)) as sup:
+    async with open_supervisor(store=MemoryStore(shelf, delay=delay)) as sup:
         sup.register_durable("counter", counter)
         sid = sup.create_session_nowait(counter, durable=True).id
         for _ in range(3):
@@ -421,3 +423,38 @@ async def test_without_the_option_a_full_supervisor_refuses() -> None:
         sup.create_session_nowait(counter, durable=True)
         with pytest.raises(CapacityError):
             await sup.create_session(counter, durable=True, wait=False)
+
+
+async def test_saved_is_a_copy_and_the_handshake_is_kept() -> None:
+    shelf = Shelf()
+    seen: list[Any] = []
+
+    async def actor(ctx: SessionContext[Any]) -> None:
+        if not ctx.session.is_initialized:
+            ctx.initialize(client_info={"name": "c"}, protocol_version="v1", capabilities={})
+        async for msg in ctx.mailbox:
+            state = ctx.saved or {"items": []}
+            seen.append(state)
+            state["items"].append(msg.payload)
+            ctx.saved["items"].append("ignored") if ctx.saved else None
+            await ctx.save(state)
+            msg.reply(list(state["items"]))
+
+    async with open_supervisor(store=MemoryStore(shelf)) as sup:
+        sup.register_durable("list", actor)
+        sid = sup.create_session_nowait(actor, durable=True, principal="alice").id
+        assert await sup.call(sid, "a") == ["a"]
+        assert await sup.call(sid, "b") == ["a", "b"]
+    record = shelf.records[sid]
+    assert record.handshake == {
+        "client_info": {"name": "c"},
+        "protocol_version": "v1",
+        "capabilities": {},
+    }
+    assert record.principal == "alice" and record.transport == "in-process"
+    async with open_supervisor(store=MemoryStore(shelf)) as sup:
+        sup.register_durable("list", actor)
+        session = await sup.activate(sid)
+        assert session.principal == "alice" and session.is_authenticated
+        assert session.protocol_version == "v1"
+        assert await sup.call(sid, "c") == ["a", "b", "c"]
