@@ -4,7 +4,7 @@ A durable session (``create_session(actor, durable=True)``) outlives its actor: 
 state, and what it takes to start it again (the actor's registered name, transport, principal,
 metadata, handshake), are kept in a store. The core never imports a store (it depends on trio
 and attrs only); `supervisor.durable.SqliteStore` (embedded, no server) and the cluster's Redis
-store implement this interface, and one test suite (``tests/test_store_contract.py``) checks both.
+store implement this interface, and one test suite (``tests/_store_contract.py``) checks both.
 
 Exactly one activation of a session exists at any time: every record carries an *epoch* and an
 *owner* (the node's token). `SessionStore.activate` moves the record to a new epoch owned by the
