@@ -488,6 +488,13 @@ class Supervisor:
         if not self._evict_for(principal) and not wait:
             self._rejected_total += 1
             raise CapacityError(self._capacity_message(principal))
+        await self._wait_for_slot(principal)
+        if cluster is not None:
+            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait, name)
+        return self._spawn(actor, transport, principal, meta, name)
+
+    async def _wait_for_slot(self, principal: str | None) -> None:
+        """Wait in line for a slot; it is reserved when this returns (nothing if it raises)."""
         waiter = _Waiter(principal)
         self._waiters.append(waiter)
         try:
@@ -502,9 +509,6 @@ class Supervisor:
             if waiter.reserved:
                 self._release(principal)
             raise SupervisorClosed("the supervisor is shutting down")
-        if cluster is not None:
-            return await self._admit_cluster(cluster, actor, transport, principal, meta, wait, name)
-        return self._spawn(actor, transport, principal, meta, name)
 
     async def _admit_cluster(
         self,
@@ -1151,20 +1155,7 @@ class Supervisor:
             if self._has_room(principal):
                 self._reserve(principal)
             elif self._evict_for(principal):
-                waiter = _Waiter(principal)
-                self._waiters.append(waiter)
-                try:
-                    await waiter.event.wait()
-                except BaseException:
-                    if waiter.reserved:
-                        self._release(principal)
-                    else:
-                        self._waiters.remove(waiter)
-                    raise
-                if waiter.closed or self._closing:
-                    if waiter.reserved:
-                        self._release(principal)
-                    raise SupervisorClosed("the supervisor is shutting down")
+                await self._wait_for_slot(principal)
             else:
                 self._rejected_total += 1
                 raise CapacityError(self._capacity_message(principal))
