@@ -7,6 +7,13 @@ a sessionless 2026-07-28 client calls ``open_session`` and passes the handle it 
 ``counter``'s (and ``echo``'s) optional ``session`` argument. Without a handle a 2026-07-28
 request belongs to no session, so ``counter`` answers 1 every time.
 
+When the server runs with a store (``serve --store ...``, or ``open_supervisor(store=...)``
+under `McpHttpApp`), Streamable HTTP sessions and state handles are durable, and so is the
+count, with no code here: the state is saved before each ``counter`` answer leaves and restored
+when the session starts again, so the count survives an idle passivation, a crash of the
+session's actor, and a restart of the server (kill -9 included): the same ``Mcp-Session-Id``,
+or the same handle, continues at the next number.
+
 Built on the SDK's low-level ``Server`` (``MCPServer`` reconfigures the root logger when it is
 constructed, which a library should not do to its host process).
 """

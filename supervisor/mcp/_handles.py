@@ -18,9 +18,22 @@ in the middle; a slow call delays the next one on the same handle (not on other 
 Errors are tool results (``isError: true``) with structured content ``{"error": CODE,
 "message": ...}``: ``session-not-found`` (never existed, another principal's, or forgotten),
 ``session-expired`` (a deadline ended it), ``session-closed`` (``close_session``, a shutdown,
-anything else), and ``capacity`` (`open_session` refused; ``retry_after`` seconds). Telling an
-ended handle from an unknown one takes a bounded memory of recently ended handles, per
-supervisor: `DEFAULT_REMEMBER` ids for `DEFAULT_REMEMBER_FOR` seconds (see `state_handles`).
+anything else), and ``capacity`` (`open_session` refused, or a passivated handle could not be
+activated; ``retry_after`` seconds); for durable handles also ``session-moved`` (the handle
+was activated again elsewhere; its state there is newer) and ``state-not-saved`` (the store
+did not confirm the call's state change). Telling an ended handle from an unknown one takes a
+bounded memory of recently ended handles, per supervisor: `DEFAULT_REMEMBER` ids for
+`DEFAULT_REMEMBER_FOR` seconds (see `state_handles`).
+
+Durable handles: when the supervisor has a store, every handle is a durable session (its actor
+registered as `DURABLE_NAME`, ``"mcp-handle"``). ``current_session().state`` is restored when
+the handle's actor starts (after a passivation at its idle timeout, a crash, a restart of the
+process, on another node) and saved write-through: a call that changed it (as JSON text) is
+answered once the store has confirmed the save. A handle that is not live here is activated
+from the store on its next call (`Supervisor.activate`), then its principal is checked as for
+a live one; the store does not tell the principal before, so another principal's call leaves
+it activated (it passivates again at its idle timeout) and gets ``session-not-found``. A
+passivated handle whose retention ran out is gone from the store: ``session-not-found``.
 """
 
 from __future__ import annotations
@@ -54,8 +67,9 @@ from .. import (
     SupervisorClosed,
     Transport,
 )
+from .._durable import ActiveElsewhere, StoreError, Superseded
 from .._ids import short_id
-from ._session import _CURRENT, McpSession, _create_now, current_session
+from ._session import _CURRENT, McpSession, _create_now, _Durability, current_session
 
 if typing.TYPE_CHECKING:
     from .. import SessionContext
@@ -63,6 +77,7 @@ if typing.TYPE_CHECKING:
 __all__ = [
     "DEFAULT_REMEMBER",
     "DEFAULT_REMEMBER_FOR",
+    "DURABLE_NAME",
     "HANDLE_ERA",
     "SESSION_ARGUMENT_DESCRIPTION",
     "SESSION_TOOLS",
@@ -103,6 +118,9 @@ SESSION_ARGUMENT_DESCRIPTION: Final = (
     "open_session for a new handle and start over."
 )
 
+#: The name `StateHandles` registers the handles' actor under (`Supervisor.register_durable`).
+DURABLE_NAME: Final = "mcp-handle"
+
 #: The metadata key marking a session as a state handle.
 _MARK: Final = "state_handle"
 
@@ -124,8 +142,8 @@ class HandleError(Exception):
     """A state handle cannot serve this call; `result` is the tool error to answer with.
 
     Attributes:
-        code: ``"session-not-found"``, ``"session-expired"``, ``"session-closed"`` or
-            ``"capacity"``.
+        code: ``"session-not-found"``, ``"session-expired"``, ``"session-closed"``,
+            ``"capacity"``, ``"session-moved"`` or ``"state-not-saved"``.
         message: A sentence for the model or the user.
         retry_after: For ``capacity``: seconds after which `open_session` may succeed.
     """
@@ -161,6 +179,15 @@ def _ended(code: str) -> HandleError:
             code, "the session expired (idle or lifetime limit): call open_session for a new one"
         )
     return HandleError(code, "the session was closed: call open_session for a new one")
+
+
+#: Close reasons that end a durable session's activation in a passivation, not for good.
+_PASSIVATING: Final = frozenset({"idle-timeout", "capacity", "shutdown"})
+
+
+def _passivating(session: Session) -> bool:
+    """Is this durable session passivating (ending here, to be activated again)?"""
+    return session.durable and session.close_reason in _PASSIVATING
 
 
 def _code_for(reason: str | None) -> str:
@@ -233,6 +260,21 @@ _WAITING: contextvars.ContextVar[tuple[McpSession, ...]] = contextvars.ContextVa
 )
 
 
+def _moved() -> HandleError:
+    return HandleError(
+        "session-moved",
+        "the session was activated again elsewhere: this call's change is not saved; retry it",
+    )
+
+
+def _not_saved() -> HandleError:
+    return HandleError(
+        "state-not-saved",
+        "the session's state could not be saved: this call's change is not durable; retry it",
+        retry_after=1.0,
+    )
+
+
 def _refused(exc: CapacityError | SupervisorClosed) -> HandleError:
     """The ``capacity`` tool error for a refused `StateHandles.open`."""
     if isinstance(exc, SupervisorClosed):
@@ -252,9 +294,15 @@ class StateHandles:
     keeps at most ``remember`` ended handles, each for ``remember_for`` seconds of trio's clock
     (oldest forgotten first), with the principal that owned it and whether it expired or was
     closed. Each entry is about 200 bytes, so the defaults hold about 2 MB at most.
+
+    ``durable`` (default: when the supervisor has a store) makes new handles durable
+    sessions, their actor registered as `DURABLE_NAME` (see the module docstring).
+
+    Raises:
+        ValueError: ``durable=True`` without a store.
     """
 
-    __slots__ = ("__weakref__", "_ended", "remember", "remember_for", "supervisor")
+    __slots__ = ("__weakref__", "_ended", "durable", "remember", "remember_for", "supervisor")
 
     def __init__(
         self,
@@ -262,12 +310,24 @@ class StateHandles:
         *,
         remember: int = DEFAULT_REMEMBER,
         remember_for: float = DEFAULT_REMEMBER_FOR,
+        durable: bool | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.remember = remember
         self.remember_for = remember_for
         # id -> (principal, code, ended at); insertion order is end order.
         self._ended: OrderedDict[str, tuple[str | None, str, float]] = OrderedDict()
+        self.durable = False
+        self._set_durable(durable)
+
+    def _set_durable(self, durable: bool | None) -> None:
+        if durable is None:
+            durable = self.supervisor.store is not None
+        elif durable and self.supervisor.store is None:
+            raise ValueError("durable=True needs a supervisor with a store")
+        if durable:
+            self.supervisor.register_durable(DURABLE_NAME, self._actor)
+        self.durable = durable
 
     def __repr__(self) -> str:
         return f"<StateHandles remembering {len(self._ended)} ended>"
@@ -294,7 +354,11 @@ class StateHandles:
         meta = {"era": HANDLE_ERA, _MARK: True, **(metadata or {})}
         try:
             session = self.supervisor.create_session_nowait(
-                self._actor, transport=transport, principal=principal, metadata=meta
+                self._actor,
+                transport=transport,
+                principal=principal,
+                metadata=meta,
+                durable=self.durable,
             )
         except (CapacityError, SupervisorClosed) as exc:
             raise _refused(exc) from None
@@ -322,6 +386,7 @@ class StateHandles:
                 transport=transport,
                 principal=principal,
                 metadata=meta,
+                durable=self.durable,
             )
         except (CapacityError, SupervisorClosed) as exc:
             raise _refused(exc) from None
@@ -329,7 +394,7 @@ class StateHandles:
         return session
 
     def resolve(self, handle: str, *, principal: str | None) -> Session:
-        """The live handle ``handle`` of ``principal``.
+        """The live handle ``handle`` of ``principal`` (live here: see `resolve_async`).
 
         Raises:
             HandleError: ``session-not-found`` (unknown, not a handle, another principal's,
@@ -339,6 +404,54 @@ class StateHandles:
             session = self.supervisor.get_session(handle)
         except SessionNotFound:
             raise self._gone(handle, principal) from None
+        return self._check(session, principal)
+
+    async def resolve_async(self, handle: str, *, principal: str | None) -> Session:
+        """`resolve`, which activates a passivated handle from the store first (when the
+        supervisor has one; see the module docstring).
+
+        Raises:
+            HandleError: as `resolve`; ``capacity`` when the handle cannot be activated here
+                now (no slot, held by another live node, the store failed).
+        """
+        try:
+            live: Session | None = self.supervisor.get_session(handle)
+        except SessionNotFound:
+            live = None
+        if (
+            live is not None
+            and _passivating(live)
+            and live.metadata.get(_MARK)
+            and live.principal == principal
+        ):
+            live = None  # passivating now: activated again once it has passivated
+        session = live if live is not None else await self._activate(handle, principal)
+        return self._check(session, principal)
+
+    async def _activate(self, handle: str, principal: str | None) -> Session:
+        if self.supervisor.store is None:
+            raise self._gone(handle, principal)
+        try:
+            return await self.supervisor.activate(handle)
+        except SessionNotFound:
+            raise self._gone(handle, principal) from None
+        except (CapacityError, SupervisorClosed) as exc:
+            raise _refused(exc) from None
+        except ActiveElsewhere:
+            # In cluster mode the forwarding layer relays such a call before it gets here.
+            raise HandleError(
+                "capacity",
+                "the session is active on another node and cannot be reached from here: retry",
+                retry_after=1.0,
+            ) from None
+        except StoreError as exc:
+            logger.warning("activating state handle %s... failed: %s", short_id(handle), exc)
+            raise HandleError(
+                "capacity", "the session store failed: retry later", retry_after=1.0
+            ) from None
+
+    @staticmethod
+    def _check(session: Session, principal: str | None) -> Session:
         if not session.metadata.get(_MARK) or session.principal != principal:
             raise _not_found()
         reason = session.close_reason
@@ -347,12 +460,21 @@ class StateHandles:
         return session
 
     def close(self, handle: str, *, principal: str | None) -> None:
-        """End the handle (its terminal event has reason ``"closed-by-client"``).
+        """End the live handle (its terminal event has reason ``"closed-by-client"``).
 
         Raises:
             HandleError: as `resolve`.
         """
         self.resolve(handle, principal=principal)
+        self.supervisor.close_session(handle, reason=CLOSED_BY_CLIENT)
+
+    async def close_async(self, handle: str, *, principal: str | None) -> None:
+        """`close`, for a passivated handle too (activated, then closed: it ends for good).
+
+        Raises:
+            HandleError: as `resolve_async`.
+        """
+        await self.resolve_async(handle, principal=principal)
         self.supervisor.close_session(handle, reason=CLOSED_BY_CLIENT)
 
     async def run(self, handle: str, fn: Callable[[], Awaitable[T]], *, principal: str | None) -> T:
@@ -362,12 +484,21 @@ class StateHandles:
         raises is raised here.
 
         Raises:
-            HandleError: as `resolve`, also when the handle ends before ``fn`` has run.
+            HandleError: as `resolve_async`, also when the handle ends before ``fn`` has run;
+                ``session-moved`` or ``state-not-saved`` when ``fn`` changed a durable
+                handle's state and the save was refused or failed.
         """
-        self.resolve(handle, principal=principal)
+        await self.resolve_async(handle, principal=principal)
         work = _Work(fn, _WAITING.get())
         try:
-            answer: outcome.Outcome[T] = await self.supervisor.call(handle, work)
+            try:
+                answer: outcome.Outcome[T] = await self.supervisor.call(handle, work)
+            except SessionNotFound:
+                if self.supervisor.store is None:
+                    raise
+                # It left the registry since (a passivation): ``fn`` has not run; once more.
+                await self.resolve_async(handle, principal=principal)
+                answer = await self.supervisor.call(handle, work)
         except (SessionNotFound, SessionClosed):
             raise self._after_end(handle, principal) from None
         except BaseException:
@@ -411,9 +542,11 @@ class StateHandles:
             ended.popitem(last=False)
 
     async def _actor(self, ctx: SessionContext[Any]) -> None:
-        session = McpSession(context=ctx, transport=ctx.session.transport)
+        session = McpSession._restored(ctx, ctx.session.transport)
+        durability = _Durability.of(ctx, session)
         try:
-            ctx.initialize(protocol_version=HANDLE_ERA)
+            if not ctx.session.is_initialized:  # restored handles start READY
+                ctx.initialize(protocol_version=HANDLE_ERA)
             async for message in ctx.mailbox:
                 work = message.payload
                 if not isinstance(work, _Work):
@@ -432,6 +565,17 @@ class StateHandles:
                 finally:
                     _WAITING.reset(waiting)
                     _CURRENT.reset(token)
+                if durability is not None:
+                    # Write-through: the answer leaves once the state it follows is saved.
+                    try:
+                        await durability.settle()
+                    except Superseded:
+                        answer = outcome.Error(_moved())
+                    except (StoreError, SessionClosed) as exc:
+                        logger.warning(
+                            "state handle %s...: state not saved: %s", short_id(ctx.id), exc
+                        )
+                        answer = outcome.Error(_not_saved())
                 message.reply(answer)
         finally:
             # The core decided the close reason once; recorded before the handle leaves the
@@ -447,16 +591,25 @@ def state_handles(
     *,
     remember: int | None = None,
     remember_for: float | None = None,
+    durable: bool | None = None,
 ) -> StateHandles:
     """The `StateHandles` of ``supervisor`` (created on first use).
 
     Args:
         remember: Set how many ended handles to remember (default `DEFAULT_REMEMBER`).
         remember_for: Set for how many seconds (default `DEFAULT_REMEMBER_FOR`).
+        durable: Set whether new handles are durable (default, at creation: when the
+            supervisor has a store).
+
+    Raises:
+        ValueError: a negative ``remember`` or ``remember_for``; ``durable=True`` without a
+            store.
     """
     handles = _REGISTRY.get(supervisor)
     if handles is None:
-        handles = _REGISTRY[supervisor] = StateHandles(supervisor)
+        handles = _REGISTRY[supervisor] = StateHandles(supervisor, durable=durable)
+    elif durable is not None:
+        handles._set_durable(durable)
     if remember is not None:
         if remember < 0:
             raise ValueError("remember must be >= 0")
@@ -598,7 +751,7 @@ async def close_session(session: _HandleArgument = None) -> types.CallToolResult
         if not isinstance(session, str) or not session:
             raise HandleError("session-not-found", "the session argument must be a handle string")
         caller = _caller()
-        state_handles(caller.supervisor).close(session, principal=caller.principal)
+        await state_handles(caller.supervisor).close_async(session, principal=caller.principal)
     except HandleError as exc:
         return exc.result()
     return types.CallToolResult(

@@ -41,6 +41,7 @@ from .. import (
     SupervisorClosed,
     Transport,
 )
+from .._durable import ActiveElsewhere, StoreError
 from .._ids import short_id
 from ._asgi import ASGIMessage, Receive, Scope, Send, _header, _respond, _rpc_error
 from ._auth import (
@@ -62,7 +63,7 @@ from ._checks import (
     _read_request_body,
 )
 from ._handles import _MARK as _HANDLE_MARK
-from ._handles import serving_stateless
+from ._handles import _passivating, serving_stateless, state_handles
 from ._http_session import _HttpSession, _run_http_session, _run_request, _SessionEventStore
 from ._modern import serve_modern
 from ._session import ServerSource, _create_now, resolve_server
@@ -72,7 +73,7 @@ from ._websocket import _deny, serve_websocket_connection
 if TYPE_CHECKING:
     from .. import Session, SessionContext, Supervisor
 
-__all__ = ["DELETED", "McpHttpApp"]
+__all__ = ["DELETED", "DURABLE_NAME", "McpHttpApp"]
 
 logger = logging.getLogger("supervisor.mcp")
 
@@ -88,6 +89,18 @@ _VERSION_HEADER = b"mcp-protocol-version"
 _SESSIONS: weakref.WeakKeyDictionary[Supervisor, dict[str, _HttpSession]] = (
     weakref.WeakKeyDictionary()
 )
+
+#: The name `McpHttpApp` registers its session actor under (`Supervisor.register_durable`).
+DURABLE_NAME = "mcp-http"
+
+#: The app that serves each supervisor's durable HTTP sessions (at most one per supervisor: its
+#: actor is the one registered, so sessions it passivated come back to it).
+_DURABLE_APPS: weakref.WeakKeyDictionary[Supervisor, McpHttpApp] = weakref.WeakKeyDictionary()
+
+
+class _Unavailable(Exception):
+    """A passivated session cannot be activated here now (503 with ``Retry-After``)."""
+
 
 #: Seconds between two log lines about expected refusals (503 at capacity, 429).
 _REFUSAL_LOG_INTERVAL = 60.0
@@ -178,6 +191,26 @@ class McpHttpApp:
     WebSocket connections (subprotocol ``"mcp"``, one JSON-RPC message per text frame) on the
     same path get one session each, with transport `Transport.WEBSOCKET`.
 
+    Durable sessions: when the supervisor has a store (``open_supervisor(store=...)``), every
+    Streamable HTTP session and every state handle is durable (``durable=False`` turns it
+    off). The app registers its session actor as `DURABLE_NAME` (``"mcp-http"``, state handles
+    as ``"mcp-handle"``), so another process on the same store, or another node of the
+    cluster, can start a session again: one durable app per supervisor. A tool's
+    `McpSession.state` is saved write-through (the response to a request that changed it
+    leaves once the store confirmed the save; a save refused because the session moved, or
+    not confirmed by the store, turns the response into a JSON-RPC error) and restored when
+    the session starts again. A request whose ``Mcp-Session-Id`` is not live here activates
+    the session from the store (`Supervisor.activate`): an idle session that was passivated,
+    a session of a process that was restarted (kill -9 included), of a node that died. The
+    restored session is READY with its saved handshake (the SDK's protocol session is given
+    the saved ``initialize`` again, its response dropped), so the client's next request is
+    answered under the same id. The principal is checked as for a live session (404); the
+    store record does not tell the principal before the activation, so a request of another
+    principal leaves the session activated (it passivates again at its idle timeout). A
+    session held by another live node, or no slot for it (capacity), gets 503 with
+    ``Retry-After``, as does a store that fails. Resumable SSE streams do not survive a
+    reactivation (the event ids of the earlier activation are refused).
+
     Args:
         supervisor: The supervisor that owns the sessions.
         server: The MCP server, or a zero-argument factory called once per session (see
@@ -202,6 +235,12 @@ class McpHttpApp:
             with ``Retry-After``. Default: the supervisor's ``mailbox_size``, at least 1.
         body_timeout: Seconds to receive a whole request body; a slower one gets 408.
         websocket: Accept WebSocket connections.
+        durable: Make HTTP sessions and state handles durable; default: when the supervisor
+            has a store.
+
+    Raises:
+        ValueError: an option out of range; ``durable=True`` without a store; a second
+            durable app for one supervisor.
     """
 
     def __init__(
@@ -222,6 +261,7 @@ class McpHttpApp:
         max_requests_per_session: int | None = None,
         body_timeout: float = 30.0,
         websocket: bool = True,
+        durable: bool | None = None,
     ) -> None:
         if max_body_size <= 0:
             raise ValueError("max_body_size must be a positive number of bytes")
@@ -231,6 +271,15 @@ class McpHttpApp:
             max_requests_per_session = max(1, supervisor.config.mailbox_size)
         if max_requests_per_session <= 0:
             raise ValueError("max_requests_per_session must be positive")
+        if durable is None:
+            durable = supervisor.store is not None
+        elif durable and supervisor.store is None:
+            raise ValueError("durable=True needs a supervisor with a store")
+        if durable and _DURABLE_APPS.get(supervisor) is not None:
+            raise ValueError(
+                "another McpHttpApp serves this supervisor's durable sessions already "
+                "(one per supervisor; pass durable=False to the others)"
+            )
         self.supervisor = supervisor
         self.server = server
         self.path = path
@@ -261,6 +310,12 @@ class McpHttpApp:
         self._stateless_state: Any = None
         self._stateless_ready = False
         self._lifespan_stack: AsyncExitStack | None = None
+        #: Whether this app's sessions are durable (see the class docstring).
+        self.durable = durable
+        if durable:
+            supervisor.register_durable(DURABLE_NAME, self._actor)
+            _DURABLE_APPS[supervisor] = self
+            state_handles(supervisor)  # registers the state handles' actor too
 
     # -- ASGI entry ---------------------------------------------------------------------------
 
@@ -339,26 +394,102 @@ class McpHttpApp:
     def _www_authenticate(self) -> tuple[str, str]:
         return _www_authenticate(self.resource_metadata_url)
 
-    def _session(self, session_id: str, principal: Principal | None) -> _HttpSession | None:
-        """The live HTTP session for this id and principal, or None (answered with 404)."""
-        if self._lookup(session_id, principal) is None:
-            return None
-        return self._sessions.get(session_id)
+    async def _session(self, session_id: str, principal: Principal | None) -> _HttpSession | None:
+        """The live HTTP session for this id and principal, or None (answered with 404).
 
-    def _lookup(self, session_id: str, principal: Principal | None) -> Session | None:
-        """The live session for this id and principal, or None (answered with 404)."""
+        Raises:
+            _Unavailable: the session cannot be activated here now (answered with 503).
+        """
+        session = await self._lookup(session_id, principal)
+        if session is None:
+            return None
+        known = self._sessions.get(session_id)
+        if known is None and session.durable:
+            # Activated (or restarting) and its actor has not started yet: the actor takes
+            # this one when it does.
+            known = self._new_http_session(session_id)
+        return known
+
+    def _new_http_session(self, session_id: str) -> _HttpSession:
+        store = None if self.event_store is None else _SessionEventStore(self.event_store)
+        wire = _Wire(
+            session_id,
+            json_response=self.json_response,
+            event_store=store,
+            retry_interval=self.retry_interval,
+        )
+        session = self._sessions[session_id] = _HttpSession(wire)
+        return session
+
+    async def _activate(self, session_id: str) -> Session | None:
+        """Activate a passivated session from the store; None when there is none to activate.
+
+        Raises:
+            _Unavailable: held by another live node, no slot for it, or the store failed.
+        """
+        if self.supervisor.store is None:
+            return None
         try:
-            session = self.supervisor.get_session(session_id)
+            return await self.supervisor.activate(session_id)
         except SessionNotFound:
             return None
-        if session.transport is not Transport.HTTP or session.metadata.get(_HANDLE_MARK):
-            return None  # a WebSocket session or a state handle: not an Mcp-Session-Id
+        except ActiveElsewhere:
+            # In cluster mode the forwarding middleware relays such a request before the app
+            # sees it; without it there is no relay here.
+            self._refused_sessions.note(
+                f"session {short_id(session_id)}... is active on another node"
+            )
+            raise _Unavailable(
+                "Service Unavailable: the session is active on another node"
+            ) from None
+        except (CapacityError, SupervisorClosed) as exc:
+            self._refused_sessions.note(str(exc))
+            raise _Unavailable("Service Unavailable: too many sessions") from None
+        except StoreError as exc:
+            logger.warning("activating session %s... failed: %s", short_id(session_id), exc)
+            raise _Unavailable("Service Unavailable: the session store failed") from None
+
+    async def _unavailable(self, send: Send, exc: _Unavailable) -> None:
+        await _rpc_error(
+            send,
+            503,
+            INTERNAL_ERROR,
+            str(exc),
+            headers=[("Retry-After", str(self.retry_after))],
+        )
+
+    async def _lookup(self, session_id: str, principal: Principal | None) -> Session | None:
+        """The live session for this id and principal, or None (answered with 404); a
+        passivated one is activated first (see the class docstring).
+
+        Raises:
+            _Unavailable: the session cannot be activated here now (answered with 503).
+        """
+        try:
+            session: Session | None = self.supervisor.get_session(session_id)
+        except SessionNotFound:
+            session = None
+        if session is not None and _passivating(session) and self._ours(session, principal):
+            session = None  # passivating now: activated again once it has passivated
+        if session is None:
+            session = await self._activate(session_id)
+            if session is None:
+                return None
+        if not self._ours(session, principal):
+            return None
         if session.state not in LIVE_STATES or session.close_reason is not None:
             return None  # ending (closed, or a deadline fired and it drains): 404 as after
-        if session.principal != principal:
-            logger.warning("request for session %s... from another principal", short_id(session_id))
-            return None
         return session
+
+    @staticmethod
+    def _ours(session: Session, principal: Principal | None) -> bool:
+        """Is ``session`` an HTTP session (an ``Mcp-Session-Id``) of ``principal``?"""
+        if session.transport is not Transport.HTTP or session.metadata.get(_HANDLE_MARK):
+            return False  # a WebSocket session or a state handle: not an Mcp-Session-Id
+        if session.principal != principal:
+            logger.warning("request for session %s... from another principal", short_id(session.id))
+            return False
+        return True
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -410,7 +541,11 @@ class McpHttpApp:
             if session_id is None:
                 await _rpc_error(send, 400, INVALID_REQUEST, "Bad Request: Missing session ID")
                 return
-            session = self._session(session_id, principal)
+            try:
+                session = await self._session(session_id, principal)
+            except _Unavailable as exc:
+                await self._unavailable(send, exc)
+                return
             if session is None:
                 await self._not_found(send)
                 return
@@ -480,7 +615,11 @@ class McpHttpApp:
         if body is None:
             return
         if session_id is not None:
-            known = self._session(session_id, principal)
+            try:
+                known = await self._session(session_id, principal)
+            except _Unavailable as exc:
+                await self._unavailable(send, exc)
+                return
             if known is None:
                 await self._not_found(send)
                 return
@@ -500,7 +639,11 @@ class McpHttpApp:
             return
         try:
             created = await _create_now(
-                self.supervisor, self._actor, transport=Transport.HTTP, principal=principal
+                self.supervisor,
+                self._actor,
+                transport=Transport.HTTP,
+                principal=principal,
+                durable=self.durable,
             )
         except (CapacityError, SupervisorClosed) as exc:
             self._refused_sessions.note(str(exc))
@@ -513,14 +656,8 @@ class McpHttpApp:
             )
             return
         # Before the actor's first step (no checkpoint since the session was created).
-        store = None if self.event_store is None else _SessionEventStore(self.event_store)
-        wire = _Wire(
-            created.id,
-            json_response=self.json_response,
-            event_store=store,
-            retry_interval=self.retry_interval,
-        )
-        session = self._sessions[created.id] = _HttpSession(wire)
+        session = self._new_http_session(created.id)
+        wire = session.wire
         if principal is not None and not created.is_authenticated:
             self.supervisor.authenticate_session(created.id, principal)
 
@@ -645,9 +782,13 @@ class McpHttpApp:
 
     async def _actor(self, ctx: SessionContext[Any]) -> None:
         session = self._sessions.get(ctx.id)
-        if session is None:  # pragma: no cover - registered before the actor's first step
-            return
+        if session is None:
+            if not ctx.durable:  # pragma: no cover - registered before the actor's first step
+                return
+            # A durable session activated again (or restarted) with no request waiting yet.
+            session = self._new_http_session(ctx.id)
         try:
             await _run_http_session(ctx, self.server, session)
         finally:
-            self._sessions.pop(ctx.id, None)
+            if self._sessions.get(ctx.id) is session:
+                del self._sessions[ctx.id]

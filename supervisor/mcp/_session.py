@@ -12,8 +12,10 @@ shutdown), a session closes gracefully: `_Guard` shields it from the actor's can
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import math
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, suppress
 from types import TracebackType
@@ -40,8 +42,11 @@ from mcp_types import (
     JSONRPCRequest,
     JSONRPCResponse,
 )
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from .. import SessionState, SupervisorError, Transport
+from .._durable import StoreError, Superseded
+from .._ids import short_id
 
 if TYPE_CHECKING:
     from .. import Actor, Message, Session, SessionContext, Supervisor, SupervisorConfig
@@ -81,6 +86,14 @@ class McpSession:
     dict owned by the session actor: it lives exactly as long as the session and no other session
     can see it, so it is the place for per-session tool state (the demo's ``counter``).
 
+    In a durable session (Streamable HTTP sessions and state handles of a supervisor with a
+    store, see `McpHttpApp`) ``state`` outlives the actor: it is restored from the last save
+    when the actor starts (after a passivation, a crash, a restart of the process, on another
+    node), and saved write-through: when a request changed it (its JSON text differs from the
+    last save), the save is confirmed by the store before the request's response leaves. A
+    state that is not JSON-serializable is not saved (a warning, once per session); the
+    session goes on serving, without durability for that state.
+
     Attributes:
         context: The supervisor's `supervisor.SessionContext` of this session (``touch``,
             ``metadata``, ``close``, ``start_soon``, ...).
@@ -91,6 +104,18 @@ class McpSession:
     context: SessionContext[Any]
     transport: Transport
     state: dict[str, Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def _restored(cls, ctx: SessionContext[Any], transport: Transport) -> McpSession:
+        """The session's handle, its ``state`` restored from the last save (durable sessions)."""
+        saved = ctx.saved if ctx.durable else None
+        if saved is not None and not isinstance(saved, dict):
+            logger.warning(
+                "session %s...: the saved state is not an object; starting empty",
+                short_id(ctx.id),
+            )
+            saved = None
+        return cls(context=ctx, transport=transport, state=saved or {})
 
     @property
     def id(self) -> str:
@@ -277,6 +302,151 @@ def _as_dict(value: Any) -> dict[str, Any] | None:
     return dict(value) if isinstance(value, Mapping) else None
 
 
+#: The JSON-RPC error code of a response replaced because the state it follows was not saved.
+STATE_NOT_SAVED_CODE = INTERNAL_ERROR
+
+
+def _state_text(state: Any) -> str:
+    """The JSON text a state is compared and saved as.
+
+    Raises:
+        TypeError, ValueError: not JSON-serializable (NaN and infinities included).
+    """
+    try:
+        return json.dumps(state, allow_nan=False, separators=(",", ":"))
+    except RecursionError as exc:  # a cycle json did not see as one
+        raise ValueError("the state is too deeply nested") from exc
+
+
+@final
+class _Durability:
+    """Write-through of one durable session's `McpSession.state`.
+
+    `settle` saves the state when it differs (as JSON text) from the last confirmed save;
+    callers run it after a request's handling and before its response leaves, so a response
+    never acknowledges a state change the store has not confirmed. A state that cannot be
+    serialized is skipped with one warning per session (later changes are tried again). A
+    failed save is not rolled back: the change stays in memory and the next confirmed save
+    includes it (an error response does not tell the client the change was not made, only
+    that it is not known to be durable).
+    """
+
+    __slots__ = ("_ctx", "_saved", "_session", "_warned")
+
+    def __init__(self, ctx: SessionContext[Any], session: McpSession) -> None:
+        self._ctx = ctx
+        self._session = session
+        self._warned = False
+        try:
+            self._saved: str | None = _state_text(session.state)
+        except (TypeError, ValueError):  # pragma: no cover - restored from JSON
+            self._saved = None
+
+    @classmethod
+    def of(cls, ctx: SessionContext[Any], session: McpSession) -> _Durability | None:
+        """The session's write-through, or None for a session that is not durable."""
+        return cls(ctx, session) if ctx.durable else None
+
+    async def settle(self) -> None:
+        """Save the state if it changed since the last confirmed save.
+
+        Raises:
+            Superseded: this activation is stale (the session ends here).
+            StoreError: the store did not confirm the save.
+        """
+        try:
+            text = _state_text(self._session.state)
+        except (TypeError, ValueError) as exc:
+            self._unsaved(exc)
+            return
+        if text == self._saved:
+            return
+        try:
+            # A copy: the store serializes it in another thread while handlers go on.
+            await self._ctx.save(json.loads(text))
+        except TypeError as exc:  # the store's own check refused it
+            self._unsaved(exc)
+            return
+        self._saved = text
+
+    def _unsaved(self, exc: BaseException) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "session %s...: its state is not JSON-serializable (%s); it is not saved, the "
+                "session goes on without durability for it (warned once per session)",
+                short_id(self._ctx.id),
+                exc,
+            )
+
+    async def reply(self, item: SessionMessage) -> SessionMessage:
+        """``item`` (a response) once the state it follows is saved, or the error to send.
+
+        Superseded: the session moved (activated again elsewhere); it ends here. StoreError
+        (or a session that ended meanwhile): the state change is not acknowledged.
+        """
+        message = item.message
+        if not isinstance(message, JSONRPCResponse | JSONRPCError) or message.id is None:
+            return item
+        try:
+            await self.settle()
+        except Superseded:
+            logger.warning("session %s... moved: its save was refused", short_id(self._ctx.id))
+            reason = "superseded"
+            why = "the session moved (it was activated again elsewhere)"
+        except (StoreError, SupervisorError) as exc:
+            logger.warning("session %s...: state not saved: %s", short_id(self._ctx.id), exc)
+            reason = "store-error"
+            why = "the session's state could not be saved; the change is not durable"
+        else:
+            return item
+        error = JSONRPCError(
+            jsonrpc="2.0",
+            id=message.id,
+            error=ErrorData(
+                code=STATE_NOT_SAVED_CODE,
+                message=f"state not saved: {why}",
+                data={"reason": reason},
+            ),
+        )
+        return SessionMessage(error, metadata=item.metadata)
+
+
+def _replayed_handshake(ctx: SessionContext[Any]) -> tuple[Any, list[SessionMessage]] | None:
+    """The synthetic ``initialize`` exchange a restored handshake-era session replays.
+
+    A durable session activated again (or restarted) starts READY with its saved handshake,
+    but the SDK's protocol session in the new actor is fresh and would refuse requests before
+    ``initialize``. So the actor feeds it the client's saved ``initialize`` and
+    ``notifications/initialized`` first, swallowing the response (`_ObservedWriteStream`),
+    without reporting either to the supervisor (the session is READY already). Returns (the
+    request id to swallow, the messages), or None when there is nothing to replay.
+    """
+    session = ctx.session
+    if not session.is_initialized:
+        return None
+    version = session.protocol_version
+    if not isinstance(version, str) or version not in HANDSHAKE_PROTOCOL_VERSIONS:
+        return None  # the 2026-07-28 era over a duplex stream has no handshake
+    client_info = session.client_info
+    if not (isinstance(client_info, Mapping) and isinstance(client_info.get("name"), str)):
+        client_info = {"name": "restored-session", "version": "0"}
+    capabilities = session.capabilities
+    request_id = f"supervisor-replay-{secrets.token_hex(4)}"
+    initialize = JSONRPCRequest(
+        jsonrpc="2.0",
+        id=request_id,
+        method="initialize",
+        params={
+            "protocolVersion": version,
+            "capabilities": dict(capabilities) if isinstance(capabilities, Mapping) else {},
+            "clientInfo": dict(client_info),
+        },
+    )
+    initialized = JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized")
+    return request_id, [SessionMessage(initialize), SessionMessage(initialized)]
+
+
 class _ClosesOnExit:
     """``async with`` closes the stream (what the SDK expects of its streams)."""
 
@@ -361,34 +531,113 @@ class _ObservedReadStream(_ReadsUntilEnd):
 
 @final
 class _ObservedWriteStream(_ClosesOnExit):
-    """Write side handed to the SDK: reports each outgoing message before it leaves."""
+    """Write side handed to the SDK: reports each outgoing message before it leaves.
 
-    __slots__ = ("_closer", "_handshake", "_inner")
+    In a durable session a response leaves only once the state it follows is saved (see
+    `_Durability.reply`); the response to a replayed handshake (``swallow``) never leaves.
+    """
+
+    __slots__ = ("_closer", "_durability", "_handshake", "_inner", "swallow")
 
     def __init__(
         self,
         inner: WriteStream[SessionMessage],
         handshake: _Handshake,
         closer: _Closer | None = None,
+        durability: _Durability | None = None,
+        swallow: Any = None,
     ) -> None:
         self._inner = inner
         self._handshake = handshake
         self._closer = closer
+        self._durability = durability
+        #: The id of the replayed ``initialize`` whose response is dropped (None: none).
+        self.swallow = swallow
+
+    def _swallowed(self, item: SessionMessage) -> bool:
+        message = item.message
+        if (
+            self.swallow is None
+            or not isinstance(message, JSONRPCResponse | JSONRPCError)
+            or message.id != self.swallow
+        ):
+            return False
+        self.swallow = None
+        if isinstance(message, JSONRPCError):
+            logger.warning(
+                "the server refused the replayed handshake of a restored session: %s",
+                message.error.message,
+            )
+        return True
 
     async def send(self, item: SessionMessage, /) -> None:
+        if self.swallow is not None and self._swallowed(item):
+            return
         closer = self._closer
         if closer is None:
+            if self._durability is not None:
+                item = await self._durability.reply(item)
             self._handshake.outbound(item)
             await self._inner.send(item)
             return
         key = closer.sending(item.message)
         if key is _ANSWERED:
             return  # the closing session has already answered this request with an error
+        if self._durability is not None:
+            try:
+                item = await self._durability.reply(item)
+            except BaseException:
+                closer.sent(key)
+                raise
         self._handshake.outbound(item)
         try:
             await self._inner.send(item)
         finally:
             closer.sent(key)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _replaying(
+    ctx: SessionContext[Any], handshake: _Handshake, reader: _ObservedReadStream
+) -> tuple[ReadStream[SessionMessage | Exception], Any]:
+    """The read stream for the SDK and the request id whose response to swallow (or None).
+
+    A session that starts READY (a durable one restored) replays its handshake first; the
+    observer is told the handshake is done, so the client's own messages do not redo it.
+    """
+    replay = _replayed_handshake(ctx)
+    if replay is None:
+        return reader, None
+    handshake.done = True
+    request_id, messages = replay
+    return _Replaying(reader, messages), request_id
+
+
+@final
+class _Replaying(_ReadsUntilEnd):
+    """Read side handed to the SDK: the synthetic handshake first, then the session's messages.
+
+    Outside the observing stream, so neither the supervisor's handshake observer nor the
+    close bookkeeping sees the synthetic messages.
+    """
+
+    __slots__ = ("_context", "_inner", "_pending", "last_context")
+
+    def __init__(self, inner: _ObservedReadStream, pending: list[SessionMessage]) -> None:
+        self._inner = inner
+        self._pending = pending
+        self._context = contextvars.copy_context()
+        self.last_context: contextvars.Context | None = None
+
+    async def receive(self) -> SessionMessage | Exception:
+        if self._pending:
+            self.last_context = self._context
+            return self._pending.pop(0)
+        item = await self._inner.receive()
+        self.last_context = self._inner.last_context
+        return item
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -728,8 +977,9 @@ async def _create_now(
     transport: Transport,
     principal: str | None,
     metadata: Mapping[str, Any] | None = None,
+    durable: bool = False,
 ) -> Session:
-    """A client's new session, never waiting for a slot.
+    """A client's new session, never waiting for a slot (``durable``: see `McpHttpApp`).
 
     `Supervisor.create_session_nowait`; in cluster mode ``create_session(wait=False)``, since
     the slot is the cluster's (a round trip unless this node holds a spare one). Either way the
@@ -741,10 +991,15 @@ async def _create_now(
     """
     if supervisor.cluster is None:
         return supervisor.create_session_nowait(
-            actor, transport=transport, principal=principal, metadata=metadata
+            actor, transport=transport, principal=principal, metadata=metadata, durable=durable
         )
     return await supervisor.create_session(
-        actor, transport=transport, principal=principal, metadata=metadata, wait=False
+        actor,
+        transport=transport,
+        principal=principal,
+        metadata=metadata,
+        wait=False,
+        durable=durable,
     )
 
 
@@ -802,11 +1057,14 @@ async def _serve_session(
             raise_exceptions=raise_exceptions,
         )
         return
-    session = McpSession(context=ctx, transport=transport or ctx.session.transport)
+    session = McpSession._restored(ctx, transport or ctx.session.transport)
     _CURRENT.set(session)
     lowlevel = resolve_server(server)
-    reader = _ObservedReadStream(read_stream, handshake, session)
-    writer = _ObservedWriteStream(write_stream, handshake)
+    observed = _ObservedReadStream(read_stream, handshake, session)
+    reader, swallow = _replaying(ctx, handshake, observed)
+    writer = _ObservedWriteStream(
+        write_stream, handshake, durability=_Durability.of(ctx, session), swallow=swallow
+    )
     eof = False
     protocol_scope = trio.CancelScope()
     loop = serve_loop if handshake_only else serve_dual_era_loop
@@ -861,12 +1119,15 @@ async def _serve_gracefully(
     init_options: InitializationOptions | None,
     raise_exceptions: bool,
 ) -> None:
-    session = McpSession(context=ctx, transport=transport or ctx.session.transport)
+    session = McpSession._restored(ctx, transport or ctx.session.transport)
     _CURRENT.set(session)
     lowlevel = resolve_server(server)
     closer = _Closer(write_stream, guard)
-    reader = _ObservedReadStream(read_stream, handshake, session, closer)
-    writer = _ObservedWriteStream(write_stream, handshake, closer)
+    observed = _ObservedReadStream(read_stream, handshake, session, closer)
+    reader, swallow = _replaying(ctx, handshake, observed)
+    writer = _ObservedWriteStream(
+        write_stream, handshake, closer, durability=_Durability.of(ctx, session), swallow=swallow
+    )
     eof = False
     protocol_scope = trio.CancelScope()
     loop = serve_loop if handshake_only else serve_dual_era_loop
