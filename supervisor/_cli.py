@@ -18,6 +18,14 @@ leaves it after its last session; requests for a session another node owns are f
 that node's ``--advertise`` address (default ``http://<--host>:<bound port>``, which a wildcard
 ``--host`` cannot give). HTTP only.
 
+Durable sessions (``--store``): ``sqlite:///PATH`` keeps them in one SQLite file (the embedded
+store, `supervisor.durable.SqliteStore`), so a restarted server, even after ``kill -9``, serves
+them again under the same ids; in cluster mode the cluster's Redis is the store by default
+(``Cluster.store``), so a dead node's sessions are activated again on the node that gets their
+next request. ``--store none`` turns durability off. ``--retention``, ``--max-restarts``,
+``--restart-window`` and ``--passivate-at-capacity`` set the `SupervisorConfig` fields of the
+same names.
+
 ``top`` draws a live view of a server started with ``--admin-port``. The operator options of
 ``serve`` (admin endpoint with Prometheus metrics, ``--log-level``, ``--log-format``, ``--top``)
 and the ``top`` command are implemented in ``supervisor._ops``.
@@ -39,10 +47,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 
 if TYPE_CHECKING:
-    from . import Supervisor
+    from . import SessionStore, Supervisor
     from ._ops._run import Operations
     from .cluster import Cluster
     from .mcp import ServerSource
@@ -51,10 +60,16 @@ __all__ = [
     "CLUSTER_SCHEMES",
     "DEFAULT_INIT_TIMEOUT",
     "FORCE_EXIT_AFTER",
+    "SQLITE_PREFIX",
+    "StoreSpec",
     "build_parser",
     "check_cluster_options",
+    "check_store_options",
+    "durable_config",
     "load_app",
     "main",
+    "make_store",
+    "store_url",
 ]
 
 #: The URL schemes ``--cluster`` accepts (Redis and Valkey, plain or TLS).
@@ -103,6 +118,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _cluster_url(text: str) -> str:
     """One ``--cluster`` value: a Redis/Valkey URL with a host."""
     try:
@@ -116,6 +138,79 @@ def _cluster_url(text: str) -> str:
             f"expected {schemes} followed by HOST[:PORT][/DB], got {text!r}"
         )
     return text
+
+
+#: ``--store`` for the embedded store: ``sqlite:///`` then the path, as SQLAlchemy spells it
+#: (``sqlite:///sessions.db`` is relative to the working directory, ``sqlite:////var/s.db``
+#: absolute: the path is everything after the third slash).
+SQLITE_PREFIX = "sqlite:///"
+
+
+@attrs.frozen
+class StoreSpec:
+    """One ``--store`` value, parsed.
+
+    Attributes:
+        kind: ``"sqlite"`` (the embedded store), ``"redis"`` (the cluster's store) or
+            ``"none"`` (no store, not even the cluster's).
+        target: the SQLite file's path, or the Redis/Valkey URL; ``""`` for ``"none"``.
+    """
+
+    kind: str
+    target: str = ""
+
+    def describe(self) -> str:
+        """For the startup line: the store and where it is, any password redacted."""
+        if self.kind == "sqlite":
+            return f"SQLite file {os.path.abspath(self.target)}"
+        if self.kind == "redis":
+            return f"the cluster's Redis at {_redact(self.target)}"
+        return "none"
+
+
+def _redact(url: str) -> str:
+    """``url`` with any password as ``***`` (the cluster layer's redactor; it needs no
+    coredis)."""
+    from .cluster._store import redact
+
+    return redact(url)
+
+
+def store_url(text: str) -> StoreSpec:
+    """One ``--store`` value: ``sqlite:///PATH``, a Redis/Valkey URL, or ``none``."""
+    if text.strip().lower() == "none":
+        return StoreSpec("none")
+    scheme, sep, _ = text.partition("://")
+    scheme = scheme.lower()
+    if sep and scheme == "sqlite":
+        if text[: len(SQLITE_PREFIX)].lower() != SQLITE_PREFIX:
+            raise argparse.ArgumentTypeError(
+                f"expected sqlite:///PATH (three slashes; sqlite:////abs/path for an absolute "
+                f"path), got {text!r}"
+            )
+        path = text[len(SQLITE_PREFIX) :]
+        if not path or path.endswith("/"):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} names no file: sqlite:///PATH, e.g. sqlite:///sessions.db or "
+                "sqlite:////var/lib/mcp/sessions.db"
+            )
+        if path == ":memory:" or "?" in path:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give the path of a file (no :memory:, no ?options)"
+            )
+        return StoreSpec("sqlite", path)
+    if sep and scheme in CLUSTER_SCHEMES:
+        try:
+            return StoreSpec("redis", _cluster_url(text))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"expected {scheme}://HOST[:PORT][/DB] (the cluster's store), got {_redact(text)!r}"
+            ) from None
+    schemes = ", ".join(f"{s}://" for s in CLUSTER_SCHEMES)
+    raise argparse.ArgumentTypeError(
+        f"expected sqlite:///PATH (the embedded store), {schemes} (the cluster's store, with "
+        f"--cluster) or none, got {text!r}"
+    )
 
 
 def _is_wildcard(host: str) -> bool:
@@ -170,6 +265,136 @@ def check_cluster_options(args: argparse.Namespace) -> None:
         import coredis  # noqa: F401
     except ImportError:
         raise ValueError(f"cluster mode needs coredis: {CLUSTER_EXTRA}") from None
+
+
+def check_store_options(args: argparse.Namespace) -> list[str]:
+    """Refuse ``--store`` values that cannot work, before anything binds; return warnings.
+
+    Raises:
+        ValueError: a Redis/Valkey ``--store`` without ``--cluster``, or one that is not the
+            ``--cluster`` URL (the Redis store is the cluster's own connection).
+    """
+    spec: StoreSpec | None = getattr(args, "store", None)
+    cluster = getattr(args, "cluster", None)
+    if spec is not None and spec.kind == "redis":
+        if cluster is None:
+            raise ValueError(
+                "--store redis://... is the cluster's store: it needs --cluster (for one "
+                "server without Redis, use the embedded store: --store sqlite:///PATH)"
+            )
+        if spec.target != cluster:
+            raise ValueError(
+                f"--store {_redact(spec.target)} is not the --cluster URL "
+                f"{_redact(cluster)}: the Redis store is the cluster's own connection (leave "
+                "--store out to use it)"
+            )
+    if spec is not None and spec.kind == "sqlite":
+        folder = os.path.dirname(os.path.abspath(spec.target))
+        if not os.path.isdir(folder):
+            raise ValueError(f"--store: the directory {folder} does not exist")
+    if store_kind(args) != "none":
+        return []
+    durable = [
+        flag
+        for flag, name in (
+            ("--retention", "retention"),
+            ("--max-restarts", "max_restarts"),
+            ("--restart-window", "restart_window"),
+            ("--passivate-at-capacity", "passivate_at_capacity"),
+        )
+        if getattr(args, name, None) not in (None, False)
+    ]
+    if not durable:
+        return []
+    return [f"{', '.join(durable)}: no effect without a store (--store or --cluster)"]
+
+
+def store_kind(args: argparse.Namespace) -> str:
+    """The store ``serve`` uses: ``"sqlite"``, ``"redis"`` (given, or by default with
+    ``--cluster``) or ``"none"``."""
+    spec: StoreSpec | None = getattr(args, "store", None)
+    if spec is not None:
+        return spec.kind
+    return "redis" if getattr(args, "cluster", None) is not None else "none"
+
+
+def make_store(args: argparse.Namespace, cluster: Cluster | None) -> SessionStore | None:
+    """The `SessionStore` that ``--store`` (or ``--cluster`` without it) asks for."""
+    kind = store_kind(args)
+    if kind == "sqlite":
+        from .durable import SqliteStore
+
+        spec: StoreSpec = args.store
+        return SqliteStore(spec.target)
+    if kind == "redis" and cluster is not None:
+        return cluster.store
+    return None
+
+
+def describe_store(args: argparse.Namespace) -> str | None:
+    """The startup line naming the store (``None``: no store)."""
+    kind = store_kind(args)
+    if kind == "none":
+        return None
+    spec: StoreSpec = args.store if args.store is not None else StoreSpec("redis", args.cluster)
+    return f"durable sessions in {spec.describe()}"
+
+
+def _add_store_options(serve: argparse.ArgumentParser) -> None:
+    durable = serve.add_argument_group(
+        "durable sessions",
+        "With a store, HTTP sessions and state handles keep their state (the demo's counter) "
+        "across idle timeouts, crashes of their actor and restarts of the server: an idle "
+        "session is passivated (its slot freed, its state kept for --retention) and its next "
+        "request activates it again under the same id. See docs/durability.md.",
+    )
+    durable.add_argument(
+        "--store",
+        type=store_url,
+        default=None,
+        metavar="URL",
+        help="where durable sessions are kept: sqlite:///PATH, the embedded store (one SQLite "
+        "file, no server; sqlite:///s.db is relative to the working directory, "
+        "sqlite:////var/lib/s.db absolute), or the --cluster URL (redis://, rediss://, "
+        "valkey://, valkeys://); 'none' for no store. Default: the cluster's Redis with "
+        "--cluster, else none",
+    )
+    durable.add_argument(
+        "--retention",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a passivated session is kept before it expires for good (default 86400)",
+    )
+    durable.add_argument(
+        "--max-restarts",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="a session whose actor raises is restarted from its last saved state at most N "
+        "times within --restart-window, then fails; 0: never (default 3)",
+    )
+    durable.add_argument(
+        "--restart-window",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="the window of --max-restarts (default 5)",
+    )
+    durable.add_argument(
+        "--passivate-at-capacity",
+        action="store_true",
+        default=None,
+        help="at --max-sessions, passivate the least recently used idle durable session to "
+        "admit a new one instead of refusing it",
+    )
+
+
+def durable_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The durable `SupervisorConfig` keywords ``serve``'s options set (the rest keep the
+    library's defaults)."""
+    names = ("retention", "max_restarts", "restart_window", "passivate_at_capacity")
+    return {name: value for name in names if (value := getattr(args, name, None)) is not None}
 
 
 def _add_cluster_options(serve: argparse.ArgumentParser) -> None:
@@ -335,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reach it may use it)",
     )
     _add_cluster_options(serve)
+    _add_store_options(serve)
     # The operator surface (admin endpoint, metrics, logging, top) lives in supervisor._ops.
     from ._ops._run import add_serve_options, add_top_command
 
@@ -373,11 +599,17 @@ def supervisor_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def _summary(sup: Supervisor) -> str:
     stats = sup.statistics()
-    return (
+    text = (
         f"supervisor stopped: {stats.created_total} sessions created, "
         f"{stats.closed_total} closed, {stats.expired_total} expired, "
         f"{stats.failed_total} failed, {stats.rejected_total} rejected"
     )
+    if sup.store is not None:
+        text += (
+            f"; durable: {stats.passivated_total} passivated, {stats.activated_total} "
+            f"activated, {stats.restarted_total} restarted"
+        )
+    return text
 
 
 class _Signals:
@@ -431,6 +663,7 @@ async def _serve(args: argparse.Namespace, verifier: Any = None) -> int:
     from ._ops._run import Operations
 
     cluster = make_cluster(args)
+    store = make_store(args, cluster)
     ops = Operations(args, out, token_verifier=verifier, cluster=cluster)
     ops.configure()
     control = _Signals(out)
@@ -443,7 +676,15 @@ async def _serve(args: argparse.Namespace, verifier: Any = None) -> int:
                 # Cancelled, which cancels every session at once (each still gets its
                 # terminal event) instead of waiting out the grace period.
                 with control.everything:
-                    async with open_supervisor(cluster=cluster, **supervisor_config(args)) as sup:
+                    async with open_supervisor(
+                        cluster=cluster,
+                        store=store,
+                        **supervisor_config(args),
+                        **durable_config(args),
+                    ) as sup:
+                        described = describe_store(args)
+                        if described is not None:
+                            print(described, file=out, flush=True)
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(control.watch, signals)
                             await ops.start(sup, nursery)
@@ -545,24 +786,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Before anything binds: a public bind without authentication never listens.
             warnings = check_exposure(args)
             check_cluster_options(args)
+            warnings += check_store_options(args)
             verifier = verifier_from_args(args)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        from . import CapacityError
+        from . import CapacityError, StoreError
 
         try:
             return trio.run(_serve, args, verifier)
         except (ValueError, ImportError, AttributeError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        except CapacityError as exc:  # ClusterUnavailable: the store did not answer the join
+        except (CapacityError, StoreError) as exc:
+            # ClusterUnavailable: the store did not answer the join; StoreError: the durable
+            # store could not be opened (say, another process has the SQLite file).
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except BaseExceptionGroup as group:  # the same, raised inside the supervisor's nursery
-            unavailable, rest = group.split(CapacityError)
+            unavailable, rest = group.split((CapacityError, StoreError))
             if unavailable is None or rest is not None:
                 raise
             print(f"error: {_first_leaf(unavailable)}", file=sys.stderr)

@@ -146,6 +146,10 @@ def stats_dict(stats: SessionStatistics) -> dict[str, Any]:
         "mailbox_high_water": stats.mailbox_high_water,
         "subscribers": stats.subscribers,
         "events_dropped": stats.events_dropped_total,
+        "passivated": stats.passivated_total,
+        "activated": stats.activated_total,
+        "restarted": stats.restarted_total,
+        "retained": stats.retained,
     }
 
 
@@ -173,7 +177,8 @@ def snapshot_frame(sup: Supervisor, *, limit: int = 200) -> Frame:
 
     Times in rows are seconds relative to now: ``age``, ``idle`` (0 while a call is in flight)
     and ``expires_in`` (``None``: no deadline). ``stats["by_kind"]`` counts every live session
-    (handles and the rest), one more pass over them.
+    (handles and the rest), one more pass over them. ``durable``: the supervisor has a store
+    (its ``stats`` count passivated, activated, restarted and retained sessions).
     """
     now = trio.current_time()
     live = sup.sessions()
@@ -191,11 +196,18 @@ def snapshot_frame(sup: Supervisor, *, limit: int = 200) -> Frame:
         "sessions": rows,
         "more": max(0, stats.total - len(rows)),
         "closing": sup.closing,
+        "durable": sup.store is not None,
     }
 
 
 def event_frame(event: Event) -> Frame:
-    """One lifecycle event, id truncated; ``error`` is the exception's type and message."""
+    """One lifecycle event, id truncated; ``error`` is the exception's type and message.
+
+    ``terminal``: the session ended (``closed``, ``expired``, ``failed``). ``leaves``: it left
+    this supervisor's live sessions, a terminal event or ``passivated`` (a durable session's
+    activation ended; it has not). A viewer drops the row on ``leaves`` and adds one on
+    ``created`` or ``activated``.
+    """
     snap = event.session
     frame: Frame = {
         "type": "event",
@@ -208,6 +220,7 @@ def event_frame(event: Event) -> Frame:
         "era": session_era(snap),
         "state_handle": is_state_handle(snap),
         "terminal": event.kind.is_terminal,
+        "leaves": event.kind.leaves,
     }
     if event.reason is not None:
         frame["reason"] = event.reason

@@ -1,8 +1,9 @@
 """Logging for operators: stdlib `logging`, text or JSON lines, structured fields.
 
 Lifecycle events are logged by `log_events` on the ``supervisor.sessions`` logger at INFO
-(``FAILED`` at WARNING), with the fields ``session`` (the 8-character id prefix, never the full
-id), ``transport``, ``event``, ``state`` and ``reason``. Pass fields the same way from your own
+(``FAILED`` and a durable session's ``RESTARTED`` at WARNING, with the error), with the fields
+``session`` (the 8-character id prefix, never the full id), ``transport``, ``event``, ``state``
+and ``reason``. Pass fields the same way from your own
 code: ``logger.info("...", extra={"session": short_id(sid), "reason": "..."})``.
 
 Quiet by default: ``serve`` logs warnings and errors only unless ``--log-level`` says otherwise.
@@ -105,9 +106,10 @@ def configure_logging(
 async def log_events(sup: Supervisor, logger: logging.Logger = sessions_logger) -> None:
     """Log every lifecycle event until the supervisor has shut down.
 
-    ``CREATED`` and terminal events at INFO (``FAILED`` at WARNING with the error), state changes
-    at DEBUG; a subscriber that fell behind logs how many events it missed at WARNING. Does
-    nothing (and subscribes to nothing) when the logger would drop INFO records. A state
+    ``CREATED``, ``ACTIVATED``, ``PASSIVATED`` (with its reason) and terminal events at INFO
+    (``FAILED`` and ``RESTARTED`` at WARNING with the error), state changes at DEBUG; a
+    subscriber that fell behind logs how many events it missed at WARNING. Does nothing (and
+    subscribes to nothing) when the logger would drop INFO records. A state
     handle's records carry ``state_handle=True`` and ``era``; every session's ``initialized``
     record carries the ``era`` it negotiated (`session_era`).
     """
@@ -136,14 +138,15 @@ async def log_events(sup: Supervisor, logger: logging.Logger = sessions_logger) 
                 extra["state_handle"] = True
             if handle or item.kind is EventKind.INITIALIZED:  # an era known from the start, or now
                 extra["era"] = session_era(snap)
-            if item.kind is EventKind.FAILED:
-                extra["error"] = f"{type(item.error).__name__}: {item.error}"[:200]
-                logger.warning("session failed", extra=extra)
+            if item.kind is EventKind.FAILED or item.kind is EventKind.RESTARTED:
+                if item.error is not None:
+                    extra["error"] = f"{type(item.error).__name__}: {item.error}"[:200]
+                logger.warning("session %s", item.kind.value, extra=extra)
             elif item.kind is EventKind.STATE_CHANGED:
                 logger.debug("session state changed", extra=extra)
-            elif item.kind is EventKind.CREATED:
+            elif item.kind is EventKind.CREATED or item.kind is EventKind.ACTIVATED:
                 if snap.principal is not None:
                     extra["principal"] = snap.principal
-                logger.info("session created", extra=extra)
-            else:  # initialized, authenticated, closed, expired
+                logger.info("session %s", item.kind.value, extra=extra)
+            else:  # initialized, authenticated, closed, expired, passivated
                 logger.info("session %s", item.kind.value, extra=extra)

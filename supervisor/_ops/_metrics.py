@@ -3,7 +3,11 @@
 Counters and gauges come from `Supervisor.statistics` (O(1)) at scrape time, so they are exact
 and cost nothing between scrapes; live sessions by kind (state handles or not) take one pass
 over the live sessions per scrape. Lifecycle events feed what statistics do not keep: sessions
-ended by kind and reason, and a histogram of session durations. `TimedApp` wraps an ASGI app to
+ended by kind and reason, durable sessions passivated by reason, and a histogram of session
+durations. Durable sessions (a supervisor with a store): ``supervisor_sessions_passivated``,
+``_activated`` and ``_restarted`` (counters) and ``supervisor_sessions_retained`` (gauge) come
+from the statistics; a passivated session leaves ``supervisor_sessions_live`` (its slot is
+free) and an activated one counts there again. `TimedApp` wraps an ASGI app to
 time MCP requests (POST and DELETE; a GET is a long-lived event stream, not a call) and count
 them by protocol era (the ``MCP-Protocol-Version`` header) and whether they name a state handle.
 
@@ -53,6 +57,7 @@ __all__ = [
     "ClusterCollector",
     "KNOWN_REASONS",
     "MODERN_ERAS",
+    "PASSIVATION_REASONS",
     "OperatorMetrics",
     "SupervisorCollector",
     "TimedApp",
@@ -82,8 +87,14 @@ KNOWN_REASONS = frozenset(
         "init-failed",
         "client-disconnected",
         "closed-by-client",  # a state handle ended by the close_session tool
+        "retention",  # a passivated durable session kept past its retention
+        "superseded",  # a durable session activated elsewhere since (a stale copy ends)
     }
 )
+
+#: Why a durable session is passivated (``supervisor_sessions_passivated_by_reason``'s label
+#: values; anything else counts as "other").
+PASSIVATION_REASONS = frozenset({"idle-timeout", "capacity", "shutdown"})
 
 #: Sessionless protocol versions: a request whose ``MCP-Protocol-Version`` is one of these is
 #: labelled with it (``era="2026-07-28"``); every other request, with any other header value or
@@ -159,6 +170,11 @@ class SupervisorCollector(Collector):
                 stats.mailbox_high_water,
             ),
             ("supervisor_event_subscribers", "Open event subscriptions.", stats.subscribers),
+            (
+                "supervisor_sessions_retained",
+                "Passivated durable sessions this supervisor keeps until their retention ends.",
+                stats.retained,
+            ),
         )
         for name, doc, value in gauges:
             yield GaugeMetricFamily(name, doc, value=value)
@@ -171,6 +187,21 @@ class SupervisorCollector(Collector):
                 "supervisor_sessions_rejected",
                 "Sessions refused for lack of capacity.",
                 stats.rejected_total,
+            ),
+            (
+                "supervisor_sessions_passivated",
+                "Durable sessions' activations ended by a passivation (their state kept).",
+                stats.passivated_total,
+            ),
+            (
+                "supervisor_sessions_activated",
+                "Durable sessions activated again here from their saved state.",
+                stats.activated_total,
+            ),
+            (
+                "supervisor_sessions_restarted",
+                "Durable sessions' actors restarted from their last save after raising.",
+                stats.restarted_total,
             ),
             ("supervisor_messages", "Messages delivered to mailboxes.", stats.messages_total),
             ("supervisor_calls", "Calls (messages expecting a reply).", stats.calls_total),
@@ -280,6 +311,12 @@ class OperatorMetrics:
             ["era", "handle"],
             registry=self.registry,
         )
+        self.passivated = Counter(
+            "supervisor_sessions_passivated_by_reason",
+            "Durable sessions passivated, by reason (idle-timeout, capacity, shutdown).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.lagged = Counter(
             "supervisor_metrics_subscriber_lagged",
             "Events the metrics subscriber missed (so sessions_ended undercounts by this much).",
@@ -287,12 +324,16 @@ class OperatorMetrics:
         )
 
     async def run(self) -> None:
-        """Count terminal events until the supervisor has shut down."""
-        terminal = (EventKind.CLOSED, EventKind.EXPIRED, EventKind.FAILED)
-        async with self.supervisor.subscribe(kinds=terminal, buffer=1024) as events:
+        """Count terminal and passivation events until the supervisor has shut down."""
+        kinds = (EventKind.CLOSED, EventKind.EXPIRED, EventKind.FAILED, EventKind.PASSIVATED)
+        async with self.supervisor.subscribe(kinds=kinds, buffer=1024) as events:
             async for item in events:
                 if isinstance(item, Lagged):
                     self.lagged.inc(item.missed)
+                    continue
+                if item.kind is EventKind.PASSIVATED:  # not an end: no duration either
+                    known = item.reason in PASSIVATION_REASONS
+                    self.passivated.labels(item.reason if known else "other").inc()
                     continue
                 reason = item.reason if item.reason in KNOWN_REASONS else "other"
                 self.ended.labels(item.kind.value, reason).inc()

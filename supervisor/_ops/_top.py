@@ -6,6 +6,11 @@ bursts; `run_top` reads the admin endpoint's ``/events`` stream. Nothing polls t
 the view changes when a frame arrives (events, the snapshot after a burst, or the server's
 heartbeat).
 
+A server with a durable store adds its durable counters to the totals (``passivated``,
+``activated``, ``restarted``, ``retained``); a passivated session leaves the live table as an
+ended one does, an activated one joins it as a created one does, and the event list shows
+``passivated`` (with its reason), ``activated`` and ``restarted`` (with the actor's error).
+
 In cluster mode the view has a cluster panel (this node's id and state, the nodes with their
 sessions, held slots and lease left, the newest cluster events). The cluster is not in the
 event stream: `run_top` polls the admin endpoint's ``/cluster`` about every second
@@ -77,7 +82,12 @@ _KIND_STYLE = {
     "closed": "white",
     "expired": "yellow",
     "failed": "bold red",
+    "passivated": "blue",
+    "activated": "cyan",
+    "restarted": "bold yellow",
 }
+#: The durable counters of the summary (`Supervisor.statistics`' ``*_total`` and ``retained``).
+_DURABLE = ("passivated", "activated", "restarted", "retained")
 _LIVE_STATES = ("created", "initializing", "ready", "closing")
 _TRANSPORTS = ("http", "websocket", "stdio", "in-process")
 
@@ -124,6 +134,8 @@ class TopModel:
         self.missed = 0
         self.frames = 0
         self.closing = False
+        #: Whether the server keeps durable sessions (it has a store).
+        self.durable = False
         self.ended = False
         #: The last ``cluster`` frame (``None``: not in a cluster, or unavailable).
         self.cluster: Frame | None = None
@@ -140,6 +152,7 @@ class TopModel:
             self.rows = list(frame.get("sessions", []))
             self.more = int(frame.get("more", 0))
             self.closing = bool(frame.get("closing", False))
+            self.durable = bool(frame.get("durable", False))
             self.rows_at = now
         elif kind == "event":
             self.events.append((float(frame.get("wall", time.time())), frame))
@@ -158,10 +171,11 @@ class TopModel:
         # Rows follow events at once; counters and times catch up with the next snapshot.
         sid = frame.get("session")
         row = next((r for r in self.rows if r.get("id") == sid), None)
-        if frame.get("terminal"):
+        # ``leaves``: terminal or passivated (frames of servers before durability lack it).
+        if frame.get("leaves", frame.get("terminal")):
             if row is not None:
                 self.rows.remove(row)
-        elif frame.get("kind") == "created" and row is None:
+        elif frame.get("kind") in ("created", "activated") and row is None:
             elapsed = now - self.rows_at
             self.rows.insert(
                 0,
@@ -298,6 +312,13 @@ def render(
     for name in ("created", "closed", "expired", "failed", "rejected"):
         style = "red" if name in ("failed", "rejected") and stats.get(name) else ""
         totals.add_row(name, Text(str(stats.get(name, 0)), style=style))
+    # A server with a store (or one that has passivated, activated or restarted sessions)
+    # counts its durable sessions too.
+    durable = model.durable or any(stats.get(name) for name in _DURABLE)
+    if durable:
+        for name in _DURABLE:
+            style = "yellow" if name == "restarted" and stats.get(name) else ""
+            totals.add_row(name, Text(str(stats.get(name, 0)), style=style))
     traffic = Table(title="traffic", title_justify="left", box=None, show_header=False)
     traffic.add_row("messages", str(stats.get("messages", 0)))
     traffic.add_row("calls", str(stats.get("calls", 0)))
@@ -307,7 +328,7 @@ def render(
     summary.add_row(by_state, by_transport, by_kind, totals, traffic)
 
     cluster, cluster_lines = _cluster_panel(model, now)
-    room = max(3, height - 12 - events - cluster_lines)
+    room = max(3, height - 12 - events - cluster_lines - (len(_DURABLE) if durable else 0))
     sessions = Table(
         title="live sessions (newest first)",
         title_justify="left",
