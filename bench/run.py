@@ -3,8 +3,9 @@
 ``python -m bench [--quick] [--out docs/bench] [--skip seed,http | --only handles]``
 
 Each configuration runs in a fresh subprocess (`bench.core`, `bench.handles`, `bench.http`,
-`bench.cluster`, ``node bench/seed/run.js``); subject and baseline run in the same process (core)
-or the same run (HTTP, cluster), interleaved, and every figure is a median over the repetitions.
+`bench.cluster`, `bench.durable`, ``node bench/seed/run.js``); subject and baseline run in the
+same process (core, durable) or the same run (HTTP, cluster), interleaved, and every figure is
+a median over the repetitions.
 ``--quick`` uses tiny counts and only checks that everything works (its timings mean nothing).
 """
 
@@ -127,6 +128,7 @@ def _profile(quick: bool) -> dict[str, Any]:
                 "session_reps": 1,
                 "session_concurrency": 6,
             },
+            "durable": {"reps": 1, "levels": [1, 8], "calls": 16, "sessions": 12},
         }
     return {
         "sizes": [1000, 10000, 100000],
@@ -163,6 +165,7 @@ def _profile(quick: bool) -> dict[str, Any]:
             "session_reps": 5,
             "session_concurrency": 12,
         },
+        "durable": {"reps": 5, "levels": [1, 8, 64], "calls": 200, "sessions": 300},
     }
 
 
@@ -387,6 +390,13 @@ def run_cluster_section(prof: dict[str, Any]) -> dict[str, Any]:
     return run_cluster(**prof["cluster"], log=_log)
 
 
+def run_durable_section(prof: dict[str, Any]) -> dict[str, Any]:
+    """Durable sessions (`bench.durable`): a save, a passivation, an activation, per store."""
+    from .durable import run_durable
+
+    return run_durable(**prof["durable"], log=_log)
+
+
 def run_million(prof: dict[str, Any], module: str = "bench.million") -> dict[str, Any] | None:
     """``python -m bench.million --json`` (the lead's section) in a subprocess, if it exists."""
     import importlib.util
@@ -454,6 +464,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     checks += http_checks(results.get("http"))
     checks += million_checks(results.get("million"))
     checks += cluster_checks(results.get("cluster"))
+    checks += durable_checks(results.get("durable"))
     return checks
 
 
@@ -496,6 +507,44 @@ def cluster_checks(cluster: dict[str, Any] | None) -> list[dict[str, Any]]:
     )
     return [
         {"section": "cluster", "target": what, "figures": shown, "value": value, "met": None}
+        for what, shown, value in rows
+    ]
+
+
+def durable_checks(durable: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Informational rows (durable sessions have no target): per store, a call that saves /
+    the same call without a save, a passivation / a close, an activation / a new session."""
+    if not durable:
+        return []
+    rows = []
+    for fig in durable["stores"].values():
+        s, label = fig["summary"], fig["label"]
+        for level, f in s["save"].items():
+            rows.append(
+                (
+                    f"{label}: call + ctx.save / call, {level} caller(s)",
+                    f"{f['save_us']:.1f} vs {f['call_us']:.1f} µs per call",
+                    f["ratio"],
+                )
+            )
+        p, a = s["passivate"], s["activate"]
+        rows.append(
+            (
+                f"{label}: shutdown passivating {fig['sessions']} sessions / closing as many",
+                f"{p['durable_us']:.1f} vs {p['plain_us']:.1f} µs per session",
+                p["ratio"],
+            )
+        )
+        rows.append(
+            (
+                f"{label}: activate a passivated session / create a new one",
+                f"{a['activate_us']:.1f} vs {a['create_us']:.1f} µs per session",
+                a["ratio"],
+            )
+        )
+    rows += [(f"{kind}: skipped", why, None) for kind, why in durable.get("skipped", {}).items()]
+    return [
+        {"section": "durable", "target": what, "figures": shown, "value": value, "met": None}
         for what, shown, value in rows
     ]
 
@@ -633,7 +682,7 @@ def million_checks(million: dict[str, Any] | None) -> list[dict[str, Any]]:
 # -- entry point -------------------------------------------------------------------------------
 
 
-SECTIONS = ("core", "expiry", "seed", "handles", "http", "cluster", "million")
+SECTIONS = ("core", "expiry", "seed", "handles", "http", "cluster", "durable", "million")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -688,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         ("handles", run_handles),
         ("http", run_http_section),
         ("cluster", run_cluster_section),
+        ("durable", run_durable_section),
         ("million", run_million),
     ]
     for name, fn in sections:

@@ -131,6 +131,41 @@ def test_bench_only_runs_the_named_sections(tmp_path: Path) -> None:
     assert not (out / "core_ratios.png").exists()
 
 
+@pytest.mark.slow
+def test_bench_durable_section_measures_every_store(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "durable", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "SQLite, synchronous=FULL" in proc.stderr  # the readable table
+    results = json.loads((out / "results.json").read_text())
+    durable = results["durable"]
+    # Redis is skipped only without a server binary (the test harness finds one here).
+    assert set(durable["stores"]) | set(durable["skipped"]) == {
+        "sqlite-full",
+        "sqlite-normal",
+        "redis",
+        "redis-aof",
+    }
+    assert {"sqlite-full", "sqlite-normal"} <= durable["stores"].keys()
+    for kind, fig in durable["stores"].items():
+        s = fig["summary"]
+        assert set(s["save"]) == {"1", "8"}, kind
+        for f in s["save"].values():
+            assert f["save_us"] > 0 and f["call_us"] > 0, kind
+            assert f["ratio"] == f["save_us"] / f["call_us"], kind
+        assert s["passivate"]["durable_us"] > 0 and s["passivate"]["plain_us"] > 0, kind
+        assert s["activate"]["activate_us"] > 0 and s["activate"]["create_us"] > 0, kind
+    rows = [t for t in results["targets"] if t.get("section") == "durable"]
+    assert len([t for t in rows if t["value"] is not None]) == 4 * len(durable["stores"])
+    assert "call + ctx.save / call" in (out / "results.md").read_text()
+
+
 def test_bench_refuses_an_unknown_section(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--only", "handle", "--out", str(tmp_path)],

@@ -48,3 +48,29 @@ async def test_counter_example(capsys: pytest.CaptureFixture[str]) -> None:
     seen = await load("counter").main()
     assert seen == {"alice": [1, 2, 3], "bob": [1], "alice_final": 3}
     assert "unknown command 'decrement'" in capsys.readouterr().out
+
+
+async def test_durable_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/durable/run.py (real time, SQLite, a second process): passivation at idle,
+    activation, a restart after a crash, a second process that dies, then a restart."""
+    path = EXAMPLES / "durable" / "run.py"
+    spec = importlib.util.spec_from_file_location("examples_durable_run", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = module.__doc__ or ""
+    assert "What it shows" in doc and "Run it" in doc
+    with trio.fail_after(60):  # bounded: a few seconds normally, on a loaded machine more
+        seen = await module.main(tmp_path / "sessions.db")
+    assert seen == {"counts": [1, 2, 3, 4, 5, 6, 7], "second_exit": 3, "gone": True}
+    out = capsys.readouterr().out
+    for shown in (
+        "PASSIVATED",
+        "(idle-timeout)",
+        "ACTIVATED",
+        "RESTARTED",
+        "(shutdown)",
+        "second process",
+        "activate() now raises SessionNotFound",
+    ):
+        assert shown in out, shown
