@@ -381,6 +381,8 @@ def _lingering_server() -> Server[Any]:
             session.context.start_soon(linger)
             return types.CallToolResult(content=[types.TextContent(text="ok")])
         count = session.state["counter"] = session.state.get("counter", 0) + 1
+        if name == "slow":
+            await trio.sleep(1)
         return types.CallToolResult(
             content=[types.TextContent(text=str(count))], structured_content={"count": count}
         )
@@ -402,7 +404,7 @@ def _lingering_server() -> Server[Any]:
         return types.ListToolsResult(
             tools=[
                 types.Tool(name=name, input_schema=schema)
-                for name in ("counter", "linger", "open_session", "close_session")
+                for name in ("counter", "slow", "linger", "open_session", "close_session")
             ]
         )
 
@@ -438,6 +440,31 @@ async def test_a_handle_call_while_the_handle_passivates_waits_for_it_then_react
             assert sup.get_session(handle).close_reason == "idle-timeout"
             assert await count_with(client, handle) == 2
             assert sup.get_session(handle).epoch == 2
+
+
+async def test_a_request_in_flight_at_shutdown_is_saved_before_the_passivation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shelf = Shelf()
+    answers: list[Any] = []
+    async with open_supervisor(store=MemoryStore(shelf), shutdown_grace=5) as sup:
+        async with raw(McpHttpApp(sup, _lingering_server())) as http:
+            session_id = await initialize(http)
+            assert await count_over_http(http, session_id) == 1
+
+            async def slow() -> None:
+                answers.append(result(await call(http, session_id, "slow")))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(slow)
+                await trio.sleep(0.5)  # the tool has counted and is still running
+                await sup.shutdown()
+    assert [answer["structuredContent"] for answer in answers] == [{"count": 2}]
+    assert shelf.records[session_id].state == {"counter": 2}
+    assert shelf.records[session_id].owner is None  # passivated
+    async with open_supervisor(store=MemoryStore(shelf)) as sup:
+        async with raw(McpHttpApp(sup, _lingering_server())) as http:
+            assert await count_over_http(http, session_id) == 3
 
 
 # -- principals ----------------------------------------------------------------------------------

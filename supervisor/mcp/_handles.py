@@ -488,15 +488,18 @@ class StateHandles:
                 ``session-moved`` or ``state-not-saved`` when ``fn`` changed a durable
                 handle's state and the save was refused or failed.
         """
-        await self.resolve_async(handle, principal=principal)
+        session = await self.resolve_async(handle, principal=principal)
         work = _Work(fn, _WAITING.get())
         try:
             try:
                 answer: outcome.Outcome[T] = await self.supervisor.call(handle, work)
-            except SessionNotFound:
-                if self.supervisor.store is None:
+            except (SessionNotFound, SessionClosed) as exc:
+                if self.supervisor.store is None or not (
+                    isinstance(exc, SessionNotFound) or _passivating(session)
+                ):
                     raise
-                # It left the registry since (a passivation): ``fn`` has not run; once more.
+                # It passivated since: ``fn`` has not run (an idle session has no call in
+                # flight, and the mailbox it had is dropped); once more, activated again.
                 await self.resolve_async(handle, principal=principal)
                 answer = await self.supervisor.call(handle, work)
         except (SessionNotFound, SessionClosed):
@@ -579,8 +582,11 @@ class StateHandles:
                 message.reply(answer)
         finally:
             # The core decided the close reason once; recorded before the handle leaves the
-            # registry, so no lookup in between can miss both.
-            self._record(ctx.session)
+            # registry, so no lookup in between can miss both. A passivation is no end: the
+            # handle is activated again from the store (a restart is none either, and the
+            # live session is found first).
+            if not _passivating(ctx.session):
+                self._record(ctx.session)
 
 
 _REGISTRY: weakref.WeakKeyDictionary[Supervisor, StateHandles] = weakref.WeakKeyDictionary()
