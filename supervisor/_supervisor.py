@@ -266,6 +266,8 @@ class Supervisor:
         self._store = store
         self._durable_actors: dict[str, Actor] = {}
         self._activating: dict[str, trio.Event] = {}
+        # Sessions with store writes still on their way, by id (an activation waits for them).
+        self._flushing: dict[str, Session] = {}
         # Passivated sessions this supervisor remembers until their retention ends.
         self._retained: dict[str, Session] = {}
         self._retention: list[tuple[float, int, Session]] = []  # heap: (trio deadline, seq, _)
@@ -967,6 +969,7 @@ class Supervisor:
         """Write to the store in the background, in order with the session's other writes."""
         self._writes += 1
         session._writes += 1
+        self._flushing[session._id] = session
         self._nursery.start_soon(self._store_write, session, write, name="supervisor store")
 
     async def _store_write(
@@ -984,9 +987,12 @@ class Supervisor:
             logger.warning("durable session %s: the store failed (%s)", _short(session._id), exc)
         finally:
             session._writes -= 1
-            if not session._writes and session._flushed is not None:
-                session._flushed.set()
-                session._flushed = None
+            if not session._writes:
+                if self._flushing.get(session._id) is session:
+                    del self._flushing[session._id]
+                if session._flushed is not None:
+                    session._flushed.set()
+                    session._flushed = None
             self._writes -= 1
             if not self._writes:
                 self._writes_done.set()
@@ -1120,10 +1126,13 @@ class Supervisor:
             if session._gone is None:
                 session._gone = trio.Event()
             await session._gone.wait()
-            while session._writes:  # and until the store has its last state
-                if session._flushed is None:
-                    session._flushed = trio.Event()
-                await session._flushed.wait()
+        # An activation that ended here lately may still be writing its end (a passivation,
+        # or a deletion): the store must have it before the record is activated again.
+        ended = self._flushing.get(session_id)
+        while ended is not None and ended._writes:
+            if ended._flushed is None:
+                ended._flushed = trio.Event()
+            await ended._flushed.wait()
         store = self._store
         if store is None or not isinstance(session_id, str):
             raise SessionNotFound(f"no session {_short(session_id)}")

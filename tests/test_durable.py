@@ -458,3 +458,19 @@ async def test_saved_is_a_copy_and_the_handshake_is_kept() -> None:
         assert session.principal == "alice" and session.is_authenticated
         assert session.protocol_version == "v1"
         assert await sup.call(sid, "c") == ["a", "b", "c"]
+
+
+async def test_an_activation_right_after_a_close_finds_the_session_gone() -> None:
+    # The deletion is written in the background; an activation waits for it, never revives.
+    shelf = Shelf()
+    async with open_supervisor(store=MemoryStore(shelf, delay=0.05)) as sup:
+        sup.register_durable("counter", counter)
+        sid = sup.create_session_nowait(counter, durable=True).id
+        await sup.call(sid, "inc")
+        async with sup.subscribe(kinds=[EventKind.CLOSED]) as events:
+            sup.close_session(sid)
+            await events.__anext__()
+        assert sid not in sup and sid in shelf.records  # not deleted yet
+        with pytest.raises(SessionNotFound):
+            await sup.activate(sid)
+        assert sid not in shelf.records
