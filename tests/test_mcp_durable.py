@@ -696,3 +696,35 @@ async def _passivate(sup: Supervisor, session_id: str) -> None:
     await trio.sleep(deadline + 1)
     with pytest.raises(SessionNotFound):
         sup.get_session(session_id)
+
+
+async def test_at_capacity_a_new_http_session_passivates_the_least_recently_used(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shelf = Shelf()
+    async with (
+        open_supervisor(
+            store=MemoryStore(shelf), max_sessions=2, passivate_at_capacity=True
+        ) as sup,
+        sup.subscribe(kinds=[EventKind.PASSIVATED]) as events,
+    ):
+        app = McpHttpApp(sup, create_demo_server())
+        async with raw(app) as http:
+            first = await initialize(http)
+            await trio.sleep(1)
+            second = await initialize(http)
+            await trio.sleep(1)
+            assert await count_over_http(http, first) == 1  # first is now the most recent
+            await trio.sleep(1)
+            third = await initialize(http)  # full: second is passivated to make room
+            assert [(e.session_id, e.reason) for e in events_only(drain(events))] == [
+                (second, "capacity")
+            ]
+            assert sorted(http_sessions(sup)) == sorted([first, third])
+            assert sup.statistics().rejected_total == 0
+            # Its next request activates it again, passivating the least recently used.
+            assert await count_over_http(http, second) == 1
+            assert [(e.session_id, e.reason) for e in events_only(drain(events))] == [
+                (first, "capacity")
+            ]
+            assert await count_over_http(http, first) == 2

@@ -986,10 +986,16 @@ async def _create_now(
     actor has not run yet when this returns (no checkpoint since it was spawned), so the caller
     can register what the actor needs first.
 
+    With ``passivate_at_capacity`` and a full supervisor, ``create_session(wait=False)``
+    too: it passivates the least recently used idle durable session and waits for its slot
+    (the actor has not run when it returns either).
+
     Raises:
         CapacityError, SupervisorClosed: as `Supervisor.create_session_nowait`.
     """
-    if supervisor.cluster is None:
+    config = supervisor.config
+    full = config.passivate_at_capacity and len(supervisor) >= config.max_sessions
+    if supervisor.cluster is None and not full:
         return supervisor.create_session_nowait(
             actor, transport=transport, principal=principal, metadata=metadata, durable=durable
         )
