@@ -9,7 +9,9 @@ without persistence, as the cluster runs in the other benches, and Redis with
   ``await ctx.save(state)`` and then replies, against ``await sup.call(id, "get")`` to the
   same session, which replies without saving (the baseline). 1 caller one call after another,
   then 8 and 64 concurrent callers, each on a session of its own (SQLite's group commit puts
-  the saves waiting while a commit runs into one transaction). Per call: wall time / calls.
+  the saves waiting while a commit runs into one transaction). Per call: wall time / calls,
+  and this process's CPU time (every thread: SQLite's worker too) / calls, which tells time
+  spent waiting (an fsync, a round trip) from time spent computing.
 * **passivate**: N durable sessions, each saved once, passivated by a graceful shutdown
   (leaving ``open_supervisor``), timed until the block has been left: every ``PASSIVATED``
   event published and every store write confirmed. Baseline: N sessions that are not durable,
@@ -146,8 +148,10 @@ async def _saves(opened: Opened, levels: list[int], calls: dict[int, int], rep: 
             figures: dict[str, float] = {}
             order = ["save", "get"] if rep % 2 == 0 else ["get", "save"]
             for payload in order:
+                cpu = time.process_time()
                 seconds = await _workers(level, count, one(payload))
                 figures[payload] = seconds / count * 1e6
+                figures[f"{payload}_cpu"] = (time.process_time() - cpu) / count * 1e6
             out[str(level)] = figures
     return out
 
@@ -208,7 +212,9 @@ def measure(
     """One store's figures (run in a fresh process)."""
     per_level = {level: max(calls, 4 * level) // level * level for level in levels}
     raw: dict[str, Any] = {
-        "save": {str(level): {"save": [], "get": []} for level in levels},
+        "save": {
+            str(level): {"save": [], "get": [], "save_cpu": [], "get_cpu": []} for level in levels
+        },
         "passivate": {"durable": [], "plain": []},
         "activate": {"activate": [], "create": []},
     }
@@ -252,7 +258,13 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     save = {}
     for level, figures in raw["save"].items():
         s, g = median(figures["save"]), median(figures["get"])
-        save[level] = {"save_us": s, "call_us": g, "ratio": s / g}
+        save[level] = {
+            "save_us": s,
+            "call_us": g,
+            "ratio": s / g,
+            "save_cpu_us": median(figures["save_cpu"]),
+            "call_cpu_us": median(figures["get_cpu"]),
+        }
     p, c = median(raw["passivate"]["durable"]), median(raw["passivate"]["plain"])
     a, n = median(raw["activate"]["activate"]), median(raw["activate"]["create"])
     return {
@@ -320,13 +332,15 @@ def _measure_subprocess(
 def table(stores: dict[str, Any]) -> list[str]:
     """The readable tables of the section's medians (µs; ratio = subject / baseline)."""
     lines = [
-        f"{'store':28}{'callers':>8}{'call+save µs':>14}{'call µs':>10}{'ratio':>8}",
+        f"{'store':28}{'callers':>8}{'call+save µs':>14}{'call µs':>10}{'ratio':>8}"
+        f"{'CPU µs: call+save':>19}{'call':>6}",
     ]
     for kind, fig in stores.items():
         for i, (level, f) in enumerate(fig["summary"]["save"].items()):
             name = STORES[kind] if i == 0 else ""
             lines.append(
-                f"{name:28}{level:>8}{f['save_us']:>14.1f}{f['call_us']:>10.1f}{f['ratio']:>7.1f}x"
+                f"{name:28}{level:>8}{f['save_us']:>14.1f}{f['call_us']:>10.1f}"
+                f"{f['ratio']:>7.1f}x{f['save_cpu_us']:>19.1f}{f['call_cpu_us']:>6.1f}"
             )
     lines += [
         "",
@@ -406,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--reps", type=int, default=5)
     one.add_argument("--levels", default="1,8,64")
     one.add_argument("--calls", type=int, default=200)
-    one.add_argument("--sessions", type=int, default=300)
+    one.add_argument("--sessions", type=int, default=200)
     whole = commands.add_parser("run", help="the whole section (JSON; the table on stderr)")
     whole.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)

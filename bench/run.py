@@ -165,7 +165,7 @@ def _profile(quick: bool) -> dict[str, Any]:
             "session_reps": 5,
             "session_concurrency": 12,
         },
-        "durable": {"reps": 5, "levels": [1, 8, 64], "calls": 200, "sessions": 300},
+        "durable": {"reps": 5, "levels": [1, 8, 64], "calls": 200, "sessions": 200},
     }
 
 
