@@ -23,6 +23,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from functools import partial
 from typing import Any, Literal, cast
 
 import attrs
@@ -47,8 +48,10 @@ from supervisor._durable import DurableRecord
 from supervisor.cluster import Cluster, RedisSessionStore, RedisStore
 from supervisor.cluster._durable import MISSING, Missing
 from supervisor.cluster._forward import FORWARDED_HEADER, Forwarding
+from supervisor.mcp import McpHttpApp, create_demo_server, serve_http
 
 from ._redis import RedisServer, command
+from .test_cluster_forward import count, http_client, initialize
 
 LEASE = 0.9
 CHECK = 0.3
@@ -482,6 +485,94 @@ async def test_a_fenced_nodes_durable_sessions_stay_activatable(shared_redis: Re
         await eventually(free, LEASE + 2, "the fenced incarnation's lease gone")
         assert (await sup_b.activate(session.id)).epoch == 2
         assert await sup_b.call(session.id, "inc") == 2
+
+
+# -- through HTTP: three nodes serving McpHttpApp behind forwarding -------------------------------
+
+
+@attrs.define
+class _HttpNode:
+    cluster: Cluster
+    sup: Supervisor
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def http_node(cluster: Cluster) -> AsyncIterator[_HttpNode]:
+    """A supervisor on ``cluster`` with its store, serving the demo server behind forwarding."""
+    async with (
+        open_supervisor(cluster=cluster, store=cluster.store, max_sessions=10) as sup,
+        trio.open_nursery() as nursery,
+    ):
+        made: list[Forwarding] = []
+
+        def wrap(app: McpHttpApp) -> Forwarding:
+            forwarding = cast(Forwarding, cluster.forwarding(app))
+            made.append(forwarding)
+            return forwarding
+
+        url: str = await nursery.start(
+            partial(serve_http, sup, create_demo_server(), port=0, wrap=wrap)
+        )
+        cluster.set_address(url.removesuffix("/mcp"))
+        try:
+            yield _HttpNode(cluster, sup, url)
+        finally:
+            for forwarding in made:
+                await forwarding.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_durable_mcp_session_continues_through_another_node_after_its_owner_died(
+    shared_redis: RedisServer,
+) -> None:
+    prefix = fresh_prefix()
+    mortal = _Mortal(shared_redis.url, prefix=prefix, timeout=TIMEOUT)
+    a = _node("", prefix, mortal)
+    with trio.fail_after(30):
+        async with (
+            http_node(_node(shared_redis.url, prefix)) as b,
+            http_node(_node(shared_redis.url, prefix)) as c,
+            http_client() as http,
+        ):
+            a_alive, a_dies = trio.Event(), trio.Event()
+            ids: list[str] = []
+
+            async def run_a() -> None:
+                async with http_node(a) as node_a:
+                    # Visible to the peers before a request is relayed to it.
+                    await eventually(
+                        lambda: _known(b.cluster, a.node_id), 3, "A's address known to B"
+                    )
+                    session_id = await initialize(http, node_a.url)
+                    assert await count(http, node_a.url, session_id) == 1
+                    assert await count(http, node_a.url, session_id) == 2
+                    assert await count(http, b.url, session_id) == 3  # relayed to its owner
+                    assert len(b.sup) == 0
+                    ids.append(session_id)
+                    a_alive.set()
+                    await a_dies.wait()
+                    mortal.dead = True  # writes nothing more: no passivation, no leaving
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_a)
+                await a_alive.wait()
+                a_dies.set()
+            [session_id] = ids
+
+            async def lapsed() -> bool:
+                return await b.cluster.durable_owner(session_id) is None
+
+            await eventually(lapsed, LEASE + 2, "A's lease lapsed")
+            # The next request, on any node, activates it there from its last saved state.
+            assert await count(http, b.url, session_id) == 4
+            assert b.sup.has_session(session_id)
+            assert await count(http, c.url, session_id) == 5  # relayed to B, its owner now
+            assert not c.sup.has_session(session_id)
+
+
+async def _known(cluster: Cluster, node: str) -> bool:
+    return await cluster.locate(node) is not None
 
 
 # -- forwarding ------------------------------------------------------------------------------------
