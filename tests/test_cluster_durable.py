@@ -31,6 +31,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mcp import Client
 
 from supervisor import (
     ActiveElsewhere,
@@ -569,6 +570,60 @@ async def test_a_durable_mcp_session_continues_through_another_node_after_its_ow
             assert b.sup.has_session(session_id)
             assert await count(http, c.url, session_id) == 5  # relayed to B, its owner now
             assert not c.sup.has_session(session_id)
+
+
+async def test_a_durable_state_handle_continues_through_another_node_after_its_owner_died(
+    shared_redis: RedisServer,
+) -> None:
+    prefix = fresh_prefix()
+    mortal = _Mortal(shared_redis.url, prefix=prefix, timeout=TIMEOUT)
+    a = _node("", prefix, mortal)
+    with trio.fail_after(30):
+        async with (
+            http_node(_node(shared_redis.url, prefix)) as b,
+            http_node(_node(shared_redis.url, prefix)) as c,
+            Client(b.url) as on_b,
+            Client(c.url) as on_c,
+        ):
+
+            async def counted(client: Client, handle: str) -> Any:
+                answer = await client.call_tool("counter", {"session": handle})
+                assert isinstance(answer.structured_content, dict), answer
+                return answer.structured_content.get("count")
+
+            handles: list[str] = []
+            a_alive, a_dies = trio.Event(), trio.Event()
+
+            async def run_a() -> None:
+                async with http_node(a) as node_a, Client(node_a.url) as on_a:
+                    await eventually(
+                        lambda: _known(b.cluster, a.node_id), 3, "A's address known to B"
+                    )
+                    opened = await on_a.call_tool("open_session", {})
+                    assert isinstance(opened.structured_content, dict)
+                    handle = opened.structured_content["session"]
+                    assert await counted(on_a, handle) == 1
+                    assert await counted(on_a, handle) == 2
+                    assert await counted(on_b, handle) == 3  # relayed to its owner
+                    handles.append(handle)
+                    a_alive.set()
+                    await a_dies.wait()
+                    mortal.dead = True
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_a)
+                await a_alive.wait()
+                a_dies.set()
+            [handle] = handles
+
+            async def lapsed() -> bool:
+                return await b.cluster.durable_owner(handle) is None
+
+            await eventually(lapsed, LEASE + 2, "A's lease lapsed")
+            assert await counted(on_c, handle) == 4  # activated on C
+            assert c.sup.has_session(handle)
+            assert await counted(on_b, handle) == 5  # relayed to C, its owner now
+            assert not b.sup.has_session(handle)
 
 
 async def _known(cluster: Cluster, node: str) -> bool:
