@@ -209,7 +209,7 @@ def store_url(text: str) -> StoreSpec:
     schemes = ", ".join(f"{s}://" for s in CLUSTER_SCHEMES)
     raise argparse.ArgumentTypeError(
         f"expected sqlite:///PATH (the embedded store), {schemes} (the cluster's store, with "
-        f"--cluster) or none, got {text!r}"
+        f"--cluster) or none, got {_redact(text)!r}"
     )
 
 

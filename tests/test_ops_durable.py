@@ -106,6 +106,16 @@ def test_bad_store_values_are_usage_errors(
     assert "--store" in err and said in err
 
 
+def test_a_refused_store_url_does_not_show_its_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for text in ("postgresql://user:hunter2@db/sessions", "redis://:hunter2@"):
+        with pytest.raises(SystemExit):
+            serve_args("--store", text)
+        err = capsys.readouterr().err
+        assert "--store" in err and "hunter2" not in err and "***" in err
+
+
 def test_a_redis_store_needs_the_cluster_and_must_be_its_url(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
