@@ -71,7 +71,10 @@ class DurableRecord:
         metadata: the session's metadata (JSON values only; others are left out).
         handshake: ``client_info``, ``protocol_version`` and ``capabilities`` once initialized.
         created: wall-clock time (``time.time()``) the session was first created.
-        expires: wall-clock time a passivated record expires for good; ``None`` while active.
+        expires: wall-clock time after which the record goes unless a live node owns it: the
+            end of a passivated session's retention, and for an active one the retention
+            counted from its last save (so that a record a dead node left behind does not
+            stay forever). ``None``: no such bound.
     """
 
     id: str
@@ -110,6 +113,7 @@ class SessionStore(Protocol):
 
         Accepted when the stored record has the same epoch and owner, or when there is none
         and ``record.epoch`` is 1 (a session's first save). Confirmed when this returns.
+        ``record.expires`` is kept as the record's expiry.
 
         Raises:
             Superseded: the stored epoch or owner differs, or the record is gone (ended, or
@@ -121,8 +125,9 @@ class SessionStore(Protocol):
         """Move the record to a new epoch owned by this node and return it.
 
         Allowed when the record is passivated (no owner), owned by this node, or owned by a
-        node that is no longer alive. ``now`` is wall-clock time: a passivated record whose
-        ``expires`` has passed is deleted and not found.
+        node that is no longer alive. ``now`` is wall-clock time: a record whose ``expires``
+        has passed and that no live node owns is deleted and not found. The returned record
+        keeps the stored ``expires`` (the activation's first save moves it).
 
         Raises:
             SessionNotFound: no record (never saved, ended for good, or expired).
@@ -146,8 +151,8 @@ class SessionStore(Protocol):
         ...
 
     async def purge(self, now: float) -> int:
-        """Delete passivated records whose ``expires`` is before ``now`` (wall clock);
-        return how many."""
+        """Delete the records whose ``expires`` is before ``now`` (wall clock) and that no
+        live node owns (passivated, or left behind by a dead node); return how many."""
         ...
 
 

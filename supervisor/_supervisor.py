@@ -933,6 +933,8 @@ class Supervisor:
             metadata=json_metadata(session._metadata),
             handshake=handshake,
             created=session._created_wall,
+            # Should this node die without passivating it, the record goes a retention later.
+            expires=time.time() + self._config.retention,
         )
 
     async def _save(self, session: Session, state: Any) -> None:

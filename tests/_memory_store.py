@@ -89,12 +89,13 @@ class MemoryStore:
         known = self.shelf.records.get(session_id)
         if known is None:
             raise SessionNotFound(session_id)
-        if known.owner is None and known.expires is not None and known.expires < now:
+        alive = known.owner == self._node or known.owner in self.shelf.alive
+        if known.owner is not None and known.owner != self._node and alive:
+            raise ActiveElsewhere("active elsewhere", known.owner)
+        if not alive and known.expires is not None and known.expires < now:
             del self.shelf.records[session_id]
             raise SessionNotFound(session_id)
-        if known.owner not in (None, self._node) and known.owner in self.shelf.alive:
-            raise ActiveElsewhere("active elsewhere", known.owner)
-        fresh = attrs.evolve(known, epoch=known.epoch + 1, owner=self._node, expires=None)
+        fresh = attrs.evolve(known, epoch=known.epoch + 1, owner=self._node)
         self.shelf.records[session_id] = fresh
         return copy.deepcopy(fresh)
 
@@ -111,7 +112,7 @@ class MemoryStore:
         gone = [
             k
             for k, r in self.shelf.records.items()
-            if r.owner is None and r.expires is not None and r.expires < now
+            if r.owner not in self.shelf.alive and r.expires is not None and r.expires < now
         ]
         for k in gone:
             del self.shelf.records[k]

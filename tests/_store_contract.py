@@ -236,7 +236,7 @@ class StoreContract:
             got = await store.activate(sid, now)
             assert got.epoch == 2
             assert got.owner == store.node
-            assert got.expires is None
+            assert got.expires == pytest.approx(now + 3600)  # until the next save moves it
             assert_fields_kept(got, parked)
             await store.save(make_record(store, sid, epoch=2, state={"count": 3}))
         async with store_factory() as second:
@@ -445,3 +445,36 @@ class StoreContract:
             for sid, state in zip(ids, states, strict=True):
                 got = await second.activate(sid, time.time())
                 assert same_json(got.state, state), (state, got.state)
+
+    async def test_a_record_a_dead_node_left_goes_at_its_expiry(
+        self, store_factory: StoreFactory
+    ) -> None:
+        # A save carries the record's expiry: should its node die without passivating it,
+        # the record goes then, by activation or by purge, instead of staying forever.
+        now = time.time()
+        stale, purged, fresh = new_id(), new_id(), new_id()
+        async with store_factory() as dead:
+            for sid in (stale, purged):
+                await dead.save(make_record(dead, sid, expires=now - 1))
+            await dead.save(make_record(dead, fresh, expires=now + 3600))
+        async with store_factory() as store:
+            with pytest.raises(SessionNotFound):
+                await store.activate(stale, now)
+            assert await store.purge(now) == 1  # purged; stale is gone already
+            with pytest.raises(SessionNotFound):
+                await store.activate(purged, now - 3600)
+            got = await store.activate(fresh, now)
+            assert got.epoch == 2 and got.expires == pytest.approx(now + 3600)
+
+    async def test_a_live_owners_record_outlives_its_expiry(
+        self, store_factory: StoreFactory
+    ) -> None:
+        now = time.time()
+        sid = new_id()
+        async with store_factory() as store:
+            await store.save(make_record(store, sid, expires=now - 1))
+            assert await store.purge(now) == 0  # its owner (this node) is alive
+            await store.save(make_record(store, sid, state={"count": 4}, expires=now + 60))
+            got = await store.activate(sid, now + 10)
+            assert got.epoch == 2 and got.state == {"count": 4}
+            assert got.expires == pytest.approx(now + 60)

@@ -41,6 +41,9 @@ TOMB_MS: Final = 5 * 60 * 1000
 #: Expired records turned into tombstones per `PURGE` call (Redis runs one script at a time).
 _PURGE_BATCH: Final = 500
 
+#: Seconds before `PURGE` looks again at an expired record whose owner is alive.
+_RECHECK: Final = 300
+
 
 class Missing(enum.Enum):
     """`RedisSessionStore.owner`'s answer for a session the store has no record of."""
@@ -176,20 +179,21 @@ class RedisSessionStore:
                 node fenced itself since, or another node activated it), or it is gone.
             StoreError: Redis failed, or this node's lease may have lapsed.
         """
-        await self._write(record, "")
+        expires = "" if record.expires is None else _number(record.expires)
+        await self._write(record, expires, "")
 
     async def passivate(self, record: DurableRecord, expires: float) -> None:
         """Keep ``record`` without an owner until ``expires`` (wall clock); as `save`."""
-        await self._write(record, _number(expires))
+        await self._write(record, _number(expires), "1")
 
-    async def _write(self, record: DurableRecord, expires: str) -> None:
+    async def _write(self, record: DurableRecord, expires: str, passivate: str) -> None:
         data = _data(record)
         node = self._vouch()
         sid = record.id
         reply = await self._run(
             "SAVE",
             [self._key(sid), self._expiry()],
-            [sid, str(record.epoch), node, data, expires],
+            [sid, str(record.epoch), node, data, expires, passivate],
         )
         status = str(reply[0])
         if status == "ok":
@@ -226,7 +230,7 @@ class RedisSessionStore:
             raise ActiveElsewhere(
                 f"durable session {short_id(session_id)} is active on node {owner}", owner
             )
-        epoch, data = int(reply[1]), json.loads(str(reply[2]))
+        epoch, data, expires = int(reply[1]), json.loads(str(reply[2])), str(reply[3])
         handshake = data.get("handshake")
         return DurableRecord(
             id=session_id,
@@ -239,7 +243,7 @@ class RedisSessionStore:
             metadata=dict(data.get("metadata") or {}),
             handshake=None if handshake is None else dict(handshake),
             created=float(data.get("created", 0.0)),
-            expires=None,
+            expires=float(expires) if expires else None,
         )
 
     async def delete(self, session_id: str, epoch: int) -> bool:
@@ -257,14 +261,17 @@ class RedisSessionStore:
         return bool(int(deleted))
 
     async def purge(self, now: float) -> int:
-        """Forget the passivated records whose ``expires`` is before ``now``; how many.
+        """Forget the records whose ``expires`` is before ``now`` and that no live node owns
+        (passivated, or left behind by a dead node); how many.
 
         Reads only the expired entries of the expiry index, a batch per script call.
         """
         total = 0
         at = _number(now)
         while True:
-            purged, seen = await self._run("PURGE", [self._expiry()], [at, _PURGE_BATCH, TOMB_MS])
+            purged, seen = await self._run(
+                "PURGE", [self._expiry()], [at, _PURGE_BATCH, TOMB_MS, _RECHECK]
+            )
             total += int(purged)
             if int(seen) < _PURGE_BATCH:
                 return total

@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     created REAL NOT NULL,
     expires REAL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires) WHERE owner IS NULL;
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions (expires);
 """
 
 _COLUMNS: Final = (
@@ -392,7 +392,7 @@ class SqliteStore:
             Superseded: the stored epoch or owner differs, or the row is gone at epoch > 1.
             StoreError: the store is not open, or SQLite failed (disk full, I/O error, ...).
         """
-        await self._commit(_encode(record, self._node, None))
+        await self._commit(_encode(record, self._node, record.expires))
 
     async def passivate(self, record: DurableRecord, expires: float) -> None:
         """Write ``record`` without an owner, kept until ``expires`` (wall clock); as `save`.
@@ -409,8 +409,8 @@ class SqliteStore:
         lock file guarantees it), so a record is never `ActiveElsewhere` here.
 
         Raises:
-            SessionNotFound: no record, or it was passivated and ``expires < now`` (it is
-                deleted).
+            SessionNotFound: no record, or ``expires < now`` and no activation of this open
+                holds it (passivated, or left by an earlier process): it is deleted.
             StoreError: the store is not open, or SQLite failed.
         """
 
@@ -421,11 +421,12 @@ class SqliteStore:
             if found is None:
                 return None
             owner, expires = found
-            if owner is None and expires is not None and expires < now:
+            # No other process is alive (the lock): only this one's activations are live.
+            if owner != self._node and expires is not None and expires < now:
                 conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
                 return None
             conn.execute(
-                "UPDATE sessions SET epoch = epoch + 1, owner = ?, expires = NULL WHERE id = ?",
+                "UPDATE sessions SET epoch = epoch + 1, owner = ? WHERE id = ?",
                 (self._node, session_id),
             )
             row: _Row = conn.execute(
@@ -457,7 +458,8 @@ class SqliteStore:
         return deleted > 0
 
     async def purge(self, now: float) -> int:
-        """Delete the passivated records whose ``expires`` is before ``now``; return how many.
+        """Delete the records whose ``expires`` is before ``now`` and that no activation of
+        this open holds (passivated, or left by an earlier process); return how many.
 
         Raises:
             StoreError: the store is not open, or SQLite failed.
@@ -465,7 +467,8 @@ class SqliteStore:
         return await self._run(
             lambda conn: (
                 conn.execute(
-                    "DELETE FROM sessions WHERE owner IS NULL AND expires < ?", (now,)
+                    "DELETE FROM sessions WHERE expires < ? AND (owner IS NULL OR owner != ?)",
+                    (now, self._node),
                 ).rowcount
             )
         )
