@@ -356,11 +356,17 @@ async def test_a_paused_node_fences_itself_and_rejoins_under_a_new_id(
 
 @pytest.mark.slow
 async def test_the_nodes_survive_a_store_restart(redis_server: RedisServer) -> None:
+    # Sessions that are not durable (--store none) keep serving while Redis is down; a durable
+    # session's change cannot be confirmed then (the next test).
     cap = 4
     port = redis_server.port
     with trio.fail_after(TIMEOUT):
         async with (
-            cluster_nodes(redis_server, 3, "--max-sessions", str(cap)) as (n1, n2, n3),
+            cluster_nodes(redis_server, 3, "--max-sessions", str(cap), "--store", "none") as (
+                n1,
+                n2,
+                n3,
+            ),
             httpx.AsyncClient(timeout=10) as http,
         ):
             sid = await open_session(http, n1.url)
@@ -406,6 +412,40 @@ async def test_the_nodes_survive_a_store_restart(redis_server: RedisServer) -> N
             view = await cluster_view(http, n1)
             assert view["held"] <= cap and view["sessions"] <= cap, view
             assert held_sum(port) <= cap
+
+
+async def test_a_durable_session_refuses_changes_while_redis_is_down(
+    redis_server: RedisServer,
+) -> None:
+    # Write-through: while Redis is down a change cannot be confirmed, so the call that made
+    # it is answered with an error, never with a count that could be lost; once Redis is
+    # back, the same session goes on.
+    with trio.fail_after(TIMEOUT):
+        async with (
+            cluster_nodes(redis_server, 2) as (n1, n2),
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            sid = await open_session(http, n1.url)
+            assert await counter(http, n1.url, sid) == 1
+            redis_server.kill9()
+            try:
+                answer = await http.post(n1.url, json=call("counter"), headers=headers_for(sid))
+                if answer.status_code == 200:
+                    error = rpc_message(answer.text)["error"]
+                    assert error["data"]["reason"] == "store-error", error
+                else:
+                    assert answer.status_code == 503, answer.text
+            finally:
+                redis_server.start()
+
+            async def counts() -> bool:  # through the other node: relayed to the owner
+                answer = await http.post(n2.url, json=call("counter"), headers=headers_for(sid))
+                if answer.status_code != 200:
+                    return False
+                message = rpc_message(answer.text)
+                return "result" in message and message["result"]["structuredContent"]["count"] > 1
+
+            await eventually(counts, 10.0, "the durable session counts again", 0.2)
 
 
 # -- 3. the caps under concurrency, across processes -------------------------------------------
