@@ -362,3 +362,23 @@ async def test_a_node_reaped_before_its_records_arrived_still_ends_each_session_
         assert kinds[0] == ("created", None)
         assert kinds[-1] == ("closed", "fenced")
         assert sum(k in ("closed", "expired", "failed") for k, _ in kinds) == 1
+
+
+async def test_cancelling_an_attached_node_raises_nothing_but_the_cancellation(
+    redis_server: RedisServer,
+) -> None:
+    # coredis's pub/sub tasks may meet their closed connection while a cancellation tears
+    # them down; that must not escape as anyio.ClosedResourceError (a Ctrl-C's traceback).
+    for _ in range(6):
+        cluster = Cluster(redis_server.url, lease=0.9, check_every=0.3, request_timeout=0.25)
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+
+                async def run(cluster: Cluster = cluster) -> None:
+                    async with open_supervisor(cluster=cluster):
+                        await trio.sleep_forever()
+
+                nursery.start_soon(run)
+                await trio.sleep(0.3)
+                scope.cancel()
+        assert scope.cancelled_caught

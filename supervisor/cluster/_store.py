@@ -19,6 +19,7 @@ from contextlib import (
 )
 from typing import Any, Protocol
 
+import anyio
 import attrs
 
 from . import _scripts
@@ -281,15 +282,22 @@ class RedisStore:
     async def hints(self) -> AsyncIterator[AsyncIterator[str]]:
         client = self._connected()
         channels = [f"{self.prefix}:want", f"{self.prefix}:freed"]
-        with _errors():
-            async with client.pubsub(channels=channels, ignore_subscribe_messages=True) as pubsub:
+        try:
+            with _errors():
+                async with client.pubsub(
+                    channels=channels, ignore_subscribe_messages=True
+                ) as pubsub:
 
-                async def messages() -> AsyncIterator[str]:
-                    async for message in pubsub:
-                        if message and message.get("type") == "message":
-                            yield str(message["channel"]).rpartition(":")[2]
+                    async def messages() -> AsyncIterator[str]:
+                        async for message in pubsub:
+                            if message and message.get("type") == "message":
+                                yield str(message["channel"]).rpartition(":")[2]
 
-                yield messages()
+                    yield messages()
+        except* (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # coredis's pub/sub tasks meet the closed connection when a cancellation tears
+            # them down; what else the group holds (the Cancelled) goes on up.
+            pass
 
     async def read_group(
         self, group: str, consumer: str, count: int, block_ms: int, claim_idle_ms: int
