@@ -206,7 +206,7 @@ def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
     prose = " ".join(readme.split())
     assert "expires 60 seconds after its last request" in prose
     assert "try it with the official Python client in its default mode:" in prose
-    default, legacy, idle = re.findall(r"<<'PY'\n(.*?)\nPY\n", readme, re.S)
+    default, legacy, idle, _, _ = re.findall(r"<<'PY'\n(.*?)\nPY\n", readme, re.S)
     assert 'Client("http://127.0.0.1:8000/mcp")' in default  # the default mode, no mode=
     assert '"open_session"' in default and '{"session": handle}' in default
     assert 'mode="legacy"' in legacy
@@ -270,3 +270,54 @@ def test_the_readme_clients_work_against_serve(tmp_path: Path) -> None:
     summary = "supervisor stopped: 3 sessions created, 2 closed, 1 expired"
     assert summary in out
     assert summary in prose
+
+
+def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """``serve`` on a free port with ``args``; the server and the URL it serves on."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "serve", "--port", "0", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    watchdog = threading.Timer(60, server.kill)  # bounds the readline below
+    watchdog.start()
+    try:
+        assert server.stdout is not None
+        lines = [server.stdout.readline() for _ in range(2)]  # which store, then the URL
+    finally:
+        watchdog.cancel()
+    assert lines[0].startswith("durable sessions in SQLite file "), lines
+    assert lines[1].startswith("serving MCP on "), lines
+    return server, lines[1].split()[-1]
+
+
+def test_the_readme_durable_snippets_survive_a_kill(tmp_path: Path) -> None:
+    """The README's durable example: ``serve --store sqlite:///...``, count to 3 through a
+    handle, ``kill -9`` the server, start it again with the same command, the handle counts on
+    at 4."""
+    readme = README.read_text()
+    assert "serve --store sqlite:///sessions.db" in readme
+    *_, first, again = re.findall(r"<<'PY'\n(.*?)\nPY\n", readme, re.S)
+    store = f"sqlite:///{tmp_path / 'sessions.db'}"
+    outputs = []
+    for snippet in (first, again):
+        server, url = _serve("--store", store)
+        try:
+            (tmp_path / "snippet.py").write_text(snippet.replace("http://127.0.0.1:8000/mcp", url))
+            result = subprocess.run(
+                [sys.executable, "snippet.py"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, result.stderr
+            outputs.append(result.stdout.splitlines())
+        finally:
+            server.kill()  # kill -9: no passivation, no goodbye
+            server.wait(timeout=10)
+    assert outputs == [["{'count': 1}", "{'count': 2}", "{'count': 3}"], ["{'count': 4}"]]
+    assert "It prints `{'count': 4}`" in readme
