@@ -161,6 +161,10 @@ def serve_nodes(url: str, count: int, workdir: Path) -> Iterator[list[dict[str, 
             argv = [sys.executable, "-m", "supervisor", "serve", "--cluster", url]
             argv += ["--host", HOST, "--port", str(port), "--admin-port", str(admin)]
             argv += ["--max-sessions", "10000", "--log-level", "error"]
+            # What forwarding and admission cost, as before durable sessions: without a store
+            # (the default with --cluster is the cluster's Redis) every counter call would also
+            # save; bench/durable.py measures that.
+            argv += ["--store", "none"]
             with log.open("wb") as out:
                 processes.append(
                     subprocess.Popen(
