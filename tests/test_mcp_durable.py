@@ -728,3 +728,19 @@ async def test_at_capacity_a_new_http_session_passivates_the_least_recently_used
                 (first, "capacity")
             ]
             assert await count_over_http(http, first) == 2
+
+
+async def test_a_handle_whose_retention_ran_out_answers_session_expired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shelf = Shelf()
+    async with open_supervisor(store=MemoryStore(shelf), idle_timeout=10, retention=60) as sup:
+        async with official(McpHttpApp(sup, create_demo_server()), "auto") as client:
+            handle = await open_handle(client)
+            assert await count_with(client, handle) == 1
+            await trio.sleep(11)  # passivated
+            assert handle in shelf.records
+            await trio.sleep(61)  # and its retention has run out
+            assert handle not in shelf.records
+            error = await tool_error(client, handle)
+            assert error["error"] == "session-expired", error

@@ -33,7 +33,8 @@ answered once the store has confirmed the save. A handle that is not live here i
 from the store on its next call (`Supervisor.activate`), then its principal is checked as for
 a live one; the store does not tell the principal before, so another principal's call leaves
 it activated (it passivates again at its idle timeout) and gets ``session-not-found``. A
-passivated handle whose retention ran out is gone from the store: ``session-not-found``.
+passivated handle whose retention ran out is gone from the store: ``session-expired`` on the
+node that passivated it (remembered as ended handles are), ``session-not-found`` elsewhere.
 """
 
 from __future__ import annotations
@@ -302,7 +303,15 @@ class StateHandles:
         ValueError: ``durable=True`` without a store.
     """
 
-    __slots__ = ("__weakref__", "_ended", "durable", "remember", "remember_for", "supervisor")
+    __slots__ = (
+        "__weakref__",
+        "_ended",
+        "_retained",
+        "durable",
+        "remember",
+        "remember_for",
+        "supervisor",
+    )
 
     def __init__(
         self,
@@ -317,6 +326,9 @@ class StateHandles:
         self.remember_for = remember_for
         # id -> (principal, code, ended at); insertion order is end order.
         self._ended: OrderedDict[str, tuple[str | None, str, float]] = OrderedDict()
+        # Handles this node passivated: id -> (principal, when their retention ends), so a
+        # call after it ran out answers session-expired (as bounded as the ended ones).
+        self._retained: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self.durable = False
         self._set_durable(durable)
 
@@ -519,7 +531,26 @@ class StateHandles:
 
     def _gone(self, handle: str, principal: str | None) -> HandleError:
         code = self.ended(handle, principal=principal)
+        if code is None:
+            retained = self._retained.get(handle)
+            if (
+                retained is not None
+                and retained[0] == principal
+                and trio.current_time() >= retained[1]
+            ):
+                code = "session-expired"  # passivated here, and its retention ran out
         return _not_found() if code is None else _ended(code)
+
+    def _passivated(self, session: Session) -> None:
+        now = trio.current_time()
+        retained = self._retained
+        retained.pop(session.id, None)
+        retained[session.id] = (session.principal, now + self.supervisor.config.retention)
+        horizon = now - self.remember_for  # forgotten a remember_for after its retention
+        while retained and (
+            len(retained) > self.remember or next(iter(retained.values()))[1] <= horizon
+        ):
+            retained.popitem(last=False)
 
     def _after_end(self, handle: str, principal: str | None) -> HandleError:
         try:
@@ -587,6 +618,8 @@ class StateHandles:
             # live session is found first).
             if not _passivating(ctx.session):
                 self._record(ctx.session)
+            else:
+                self._passivated(ctx.session)
 
 
 _REGISTRY: weakref.WeakKeyDictionary[Supervisor, StateHandles] = weakref.WeakKeyDictionary()
