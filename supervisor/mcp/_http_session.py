@@ -242,6 +242,11 @@ async def _run_http_session(
                                 on_message=on_message,
                                 drain=drain,
                             )
+                    except Exception:
+                        # The actor crashed: the requests it had taken are answered with an
+                        # error (a durable session's actor then restarts and serves the next).
+                        wire.fail_requests("the session's actor failed while serving this request")
+                        raise
                     finally:
                         guard.on_expiry = None
                         session.draining = True

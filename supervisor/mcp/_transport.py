@@ -221,9 +221,11 @@ class _Stream:
     client disconnected.
     """
 
-    __slots__ = ("_reader", "_room", "closed", "events", "gone")
+    __slots__ = ("_reader", "_room", "closed", "events", "gone", "request_id")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: Any = None) -> None:
+        #: The JSON-RPC id of the request this stream answers (None: the GET stream, a replay).
+        self.request_id = request_id
         self.events: deque[EventMessage] = deque()
         self._reader: trio.lowlevel.Task | None = None
         self._room: trio.Event | None = None
@@ -411,6 +413,15 @@ class _Wire:
         for stream in streams:
             stream.close()
 
+    def fail_requests(self, why: str) -> None:
+        """The protocol loop died (the actor crashed): every request still waiting for its
+        response gets a JSON-RPC error instead of a stream that just ends."""
+        for stream in self._streams.values():
+            if stream.request_id is not None and not stream.closed:
+                error = ErrorData(code=INTERNAL_ERROR, message=why)
+                failed = JSONRPCError(jsonrpc="2.0", id=stream.request_id, error=error)
+                stream.push(EventMessage(failed, None))
+
     async def _terminate_unanswered(self, request_id: Any) -> None:
         # The 2025-era wire ends a request's stream only with a response: the SDK's answer to
         # a request that settled without one (cancelled).
@@ -524,7 +535,7 @@ class _Wire:
             await self._post_json(receive, send, message, request, request_id, unanswered)
             return
         priming = await self._priming(request_id, protocol_version)
-        stream = _Stream()
+        stream = _Stream(message.id)
         self._streams[request_id] = stream
         try:
             if self._store is not None and is_version_at_least(protocol_version, "2025-11-25"):
@@ -565,7 +576,7 @@ class _Wire:
         request_id: str,
         unanswered: Callable[[], Any],
     ) -> None:
-        stream = _Stream()
+        stream = _Stream(message.id)
         self._streams[request_id] = stream
         try:
             metadata = ServerMessageMetadata(
