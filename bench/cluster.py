@@ -117,12 +117,16 @@ def _tail(path: Path) -> str:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """One Redis on a free loopback port; yields its ``redis://`` URL."""
+def redis_server(workdir: Path, aof: bool = False) -> Iterator[str]:
+    """One Redis on a free loopback port; yields its ``redis://`` URL. Stopped by its PID.
+
+    ``aof``: ``appendonly yes`` and ``appendfsync always`` (every write fsynced, in
+    ``workdir``), else nothing on disk."""
     [port] = _free_ports(1)
-    log = workdir / "redis.log"
+    log = workdir / f"redis-{port}.log"
     argv = [_redis_binary(), "--bind", HOST, "--port", str(port), "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(workdir)]
+    argv += ["--dir", str(workdir)]
+    argv += ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     try:

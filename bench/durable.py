@@ -37,8 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -277,41 +277,6 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
 # -- Redis servers -----------------------------------------------------------------------------
 
 
-@contextmanager
-def redis_server(workdir: Path, aof: bool) -> Iterator[str]:
-    """One Redis on a free loopback port (``aof``: ``appendonly yes``, ``appendfsync always``,
-    in ``workdir``); yields its URL. Stopped by its PID."""
-    import socket
-
-    from .cluster import _free_ports, _redis_binary, _stop, _tail
-
-    [port] = _free_ports(1)
-    log = workdir / f"redis-{port}.log"
-    argv = [_redis_binary(), "--bind", HOST, "--port", str(port), "--save", ""]
-    argv += ["--dir", str(workdir)]
-    argv += ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"redis exited {process.returncode}:\n{_tail(log)}")
-            try:
-                with socket.create_connection((HOST, port), timeout=1.0) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis did not answer on {port}:\n{_tail(log)}")
-            time.sleep(0.05)
-        yield f"redis://{HOST}:{port}/0"
-    finally:
-        _stop([process])
-
-
 # -- the section -------------------------------------------------------------------------------
 
 
@@ -371,7 +336,7 @@ def run_durable(
     }
     workdir = Path(tempfile.mkdtemp(prefix="bench-durable-"))
     try:
-        from .cluster import _redis_binary
+        from .cluster import _redis_binary, redis_server
 
         try:
             _redis_binary()
