@@ -493,6 +493,13 @@ def redis_server_fixture() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(name="shared_redis", scope="module")
+def shared_redis_fixture() -> Iterator[RedisServer]:
+    """One server for a whole test module (tests keep apart by key prefix); stopped by PID."""
+    with RedisServer() as server:
+        yield server
+
+
 @pytest.fixture(name="redis_cluster")
 def redis_cluster_fixture() -> Iterator[RedisCluster]:
     """A started 3-master cluster; every node stopped (by PID) after."""

@@ -51,24 +51,9 @@ from supervisor.cluster._durable import MISSING, Missing
 from supervisor.cluster._forward import FORWARDED_HEADER, Forwarding
 from supervisor.mcp import McpHttpApp, create_demo_server, serve_http
 
-from ._redis import RedisServer, command
+from ._redis import RedisServer, command, shared_redis_fixture  # noqa: F401
 from .test_cluster_forward import count, http_client, initialize
-
-LEASE = 0.9
-CHECK = 0.3
-TIMEOUT = 0.25
-
-_prefixes = itertools.count()
-
-
-def fresh_prefix() -> str:
-    return f"tssd{next(_prefixes)}t{time.monotonic_ns()}"
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
+from .test_store_redis import CHECK, LEASE, TIMEOUT, fresh_prefix
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:

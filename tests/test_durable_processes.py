@@ -18,7 +18,7 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ._redis import RedisServer, pid_alive, redis_server_fixture  # noqa: F401
 from ._serve import ACCEPT, ServeProcess, rpc_message, serve_process, tool_call
+from .test_cluster_processes import eventually
 
 TIMEOUT = 60  # seconds, per test; generous for a loaded 2-core machine
 VERSION = "2025-11-25"  # what the official client negotiates in legacy mode
@@ -122,18 +123,6 @@ async def wait_gone(serve: ServeProcess) -> None:
     with trio.fail_after(10):
         await serve.process.wait()
     assert not pid_alive(serve.pid)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float, what: str, every: float = 0.05
-) -> float:
-    """Poll ``check`` until true; fail after ``within`` s. Returns the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > within:
-            pytest.fail(f"not within {within} s: {what}")
-        await trio.sleep(every)
-    return time.monotonic() - start
 
 
 def metric(text: str, name: str) -> float:

@@ -24,7 +24,7 @@ from supervisor._durable import ActiveElsewhere, SessionStore, StoreError, Super
 from supervisor.cluster import Cluster, RedisSessionStore, RedisStore
 from supervisor.cluster._durable import MISSING
 
-from ._redis import RedisCluster, RedisServer, command
+from ._redis import RedisCluster, RedisServer, command, shared_redis_fixture  # noqa: F401
 from ._store_contract import StoreContract, StoreFactory, make_record, new_id
 
 LEASE = 0.9
@@ -37,12 +37,6 @@ _prefixes = itertools.count()
 def fresh_prefix() -> str:
     """A key prefix no other test used: every test starts on empty data."""
     return f"tss{next(_prefixes)}t{time.monotonic_ns()}"
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
