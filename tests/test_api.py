@@ -58,7 +58,7 @@ def test_exception_family() -> None:
 
 
 CORE = ["__init__", "_config", "_events", "_exceptions", "_session", "_state", "_stats"]
-CORE += ["_ids", "_supervisor"]
+CORE += ["_ids", "_supervisor", "_durable", "_timers"]
 
 
 def test_core_imports_only_trio_and_attrs() -> None:
@@ -82,8 +82,9 @@ def test_core_imports_only_trio_and_attrs() -> None:
 #: its own layer or above, not even under TYPE_CHECKING).
 LAYERS = [
     {"_ids", "_exceptions"},
-    {"_config", "_state"},
+    {"_config", "_state", "_durable"},
     {"_stats", "_session"},
+    {"_timers"},
     {"_events"},
     {"_supervisor"},
     {"__init__"},
@@ -102,3 +103,23 @@ def test_core_modules_import_one_way() -> None:
                 if target not in layer_of:
                     continue  # not a core module (the optional layers import the core, not back)
                 assert layer_of[target] < layer, f"{name} imports {target}: not a lower layer"
+
+
+def test_the_embedded_store_imports_only_the_core_and_the_stdlib() -> None:
+    # supervisor.durable sits right above the core: no extra, no MCP, no cluster.
+    for path in (Path(supervisor.__file__).parent / "durable").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.ImportFrom) and node.level == 2:
+                # From the package above: the core's own modules only (``.._durable``).
+                core = (node.module or "").split(".")[0]
+                assert core in CORE, f"{path.name}: ..{node.module}"
+                continue
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top in {"trio", "attrs"} or top in sys.stdlib_module_names, module
