@@ -852,7 +852,7 @@ class Supervisor:
         `_actor_returned`, `_close`); only a failure, which always wins, is decided here.
         """
         now = trio.current_time()
-        passivated = self._passivates(session)
+        passivated = session._durable is not None and self._passivates(session)
         if passivated:
             kind, reason = EventKind.PASSIVATED, session._close_reason
             self._passivated_total += 1
