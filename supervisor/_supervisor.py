@@ -233,6 +233,56 @@ class SessionContext(Generic[T]):
 Actor: TypeAlias = Callable[[SessionContext[Any]], Awaitable[object]]
 
 
+@final
+class _Retained:
+    """A passivated session this supervisor expires when its retention ends: what that takes
+    (its record's epoch, and what its ``EXPIRED`` event's snapshot shows)."""
+
+    __slots__ = (
+        "created",
+        "created_wall",
+        "durable",
+        "epoch",
+        "id",
+        "last_activity",
+        "metadata",
+        "principal",
+        "transport",
+    )
+
+    def __init__(self, session: Session) -> None:
+        self.id = session._id
+        self.epoch = session._epoch
+        self.durable = session._durable
+        self.transport = session._transport
+        self.principal = session._principal
+        self.created = session._created
+        self.created_wall = session._created_wall
+        self.last_activity = session._last_activity
+        self.metadata = session._metadata
+
+    def ended(self) -> Session:
+        """The ended session, as its ``EXPIRED`` event shows it."""
+        session = Session(
+            id=self.id,
+            transport=self.transport,
+            principal=self.principal,
+            created=self.created,
+            created_wall=self.created_wall,
+            last_activity=self.last_activity,
+            idle_timeout=math.inf,
+            metadata=self.metadata,
+        )
+        session._state = _S.CLOSED
+        session._authenticated = self.principal is not None
+        session._durable = self.durable
+        session._epoch = self.epoch
+        session._close_reason = "retention"
+        session._expired = True
+        session._ended = True
+        return session
+
+
 class _Waiter:
     """A task waiting in `Supervisor.create_session` for a slot."""
 
@@ -269,8 +319,8 @@ class Supervisor:
         # Sessions with store writes still on their way, by id (an activation waits for them).
         self._flushing: dict[str, Session] = {}
         # Passivated sessions this supervisor remembers until their retention ends.
-        self._retained: dict[str, Session] = {}
-        self._retention: list[tuple[float, int, Session]] = []  # heap: (trio deadline, seq, _)
+        self._retained: dict[str, _Retained] = {}
+        self._retention: list[tuple[float, int, _Retained]] = []  # heap: (trio deadline, seq, _)
         self._retention_seq = 0
         self._retention_kick = trio.Event()
         self._writes = 0  # background store writes not yet done
@@ -1022,12 +1072,14 @@ class Supervisor:
 
         async def passivate(session: Session) -> None:
             await store.passivate(self._record(session, session._saved), expires)
-            session._saved = None  # kept by the store; the memory need not hold it for a day
 
         self._store_soon(session, passivate)
-        self._retained[session._id] = session
+        # What expiring it takes, not the whole record: a day of retention at a high rate of
+        # passivations must not hold every session's record (and state) in memory.
+        kept = _Retained(session)
+        self._retained[session._id] = kept
         self._retention_seq += 1
-        heapq.heappush(self._retention, (now + retention, self._retention_seq, session))
+        heapq.heappush(self._retention, (now + retention, self._retention_seq, kept))
         self._retention_kick.set()
 
     async def _run_retention(self) -> None:
@@ -1042,12 +1094,12 @@ class Supervisor:
                 next_purge = now + _PURGE_EVERY
                 self._background(self._purge())
             while heap and heap[0][0] <= now:
-                session = heapq.heappop(heap)[2]
-                session_id = session._id
-                if self._retained.get(session_id) is not session or session_id in self._sessions:
+                kept = heapq.heappop(heap)[2]
+                session_id = kept.id
+                if self._retained.get(session_id) is not kept or session_id in self._sessions:
                     continue  # activated again meanwhile (the entry is stale)
                 del self._retained[session_id]
-                self._background(self._expire_retained(session))
+                self._background(self._expire_retained(kept))
             with trio.move_on_at(min(next_purge, heap[0][0] if heap else math.inf)):
                 await self._retention_kick.wait()
                 self._retention_kick = trio.Event()
@@ -1075,28 +1127,32 @@ class Supervisor:
         except StoreError as exc:
             logger.warning("durable sessions: purging expired records failed (%s)", exc)
 
-    async def _expire_retained(self, session: Session) -> None:
+    async def _expire_retained(self, kept: _Retained) -> None:
         assert self._store is not None
-        lock = session._store_lock
-        if lock is None:
-            lock = session._store_lock = trio.Lock()
+        await self._flushed(kept.id)  # after the passivation's own write
         try:
-            async with lock:  # after the passivation's own write
-                deleted = await self._store.delete(session._id, session._epoch)
+            deleted = await self._store.delete(kept.id, kept.epoch)
         except StoreError as exc:
             logger.warning(
                 "durable session %s: its retention ended but the store failed (%s)",
-                _short(session._id),
+                _short(kept.id),
                 exc,
             )
             return
-        if deleted and session._id not in self._sessions:
-            session._close_reason = "retention"
+        if deleted and kept.id not in self._sessions:
             self._expired_total += 1
             if self._bus:
                 self._bus.publish(
-                    EventKind.EXPIRED, session, trio.current_time(), reason="retention"
+                    EventKind.EXPIRED, kept.ended(), trio.current_time(), reason="retention"
                 )
+
+    async def _flushed(self, session_id: str) -> None:
+        """Until the store writes of an activation of ``session_id`` that ended here are done."""
+        ended = self._flushing.get(session_id)
+        while ended is not None and ended._writes:
+            if ended._flushed is None:
+                ended._flushed = trio.Event()
+            await ended._flushed.wait()
 
     async def activate(self, session_id: str) -> Session:
         """The session ``session_id``, activated here from its store record if need be.
@@ -1130,11 +1186,7 @@ class Supervisor:
             await session._gone.wait()
         # An activation that ended here lately may still be writing its end (a passivation,
         # or a deletion): the store must have it before the record is activated again.
-        ended = self._flushing.get(session_id)
-        while ended is not None and ended._writes:
-            if ended._flushed is None:
-                ended._flushed = trio.Event()
-            await ended._flushed.wait()
+        await self._flushed(session_id)
         store = self._store
         if store is None or not isinstance(session_id, str):
             raise SessionNotFound(f"no session {_short(session_id)}")

@@ -19,6 +19,7 @@ from supervisor import (
     SessionClosed,
     SessionContext,
     SessionNotFound,
+    SessionState,
     StoreError,
     open_supervisor,
 )
@@ -167,7 +168,7 @@ async def test_retention_expires_a_passivated_session_for_good(
     async with open_supervisor(store=MemoryStore(shelf), idle_timeout=10, retention=60) as sup:
         sup.register_durable("counter", counter)
         async with sup.subscribe() as events:
-            sid = sup.create_session_nowait(counter, durable=True).id
+            sid = sup.create_session_nowait(counter, durable=True, metadata={"tenant": "t"}).id
             assert await sup.call(sid, "inc") == 1
             await trio.sleep(10.5)
             assert sid in shelf.records
@@ -177,6 +178,9 @@ async def test_retention_expires_a_passivated_session_for_good(
             assert sid not in shelf.records
             expired = [e for e in events_only(drain(events)) if e.kind is EventKind.EXPIRED]
             assert [e.reason for e in expired] == ["retention"]
+            snapshot = expired[0].session
+            assert (snapshot.id, snapshot.close_reason) == (sid, "retention")
+            assert snapshot.state is SessionState.CLOSED and snapshot.metadata == {"tenant": "t"}
             with pytest.raises(SessionNotFound):
                 await sup.activate(sid)
             assert sup.statistics().retained == 0
