@@ -72,6 +72,10 @@ logger = logging.getLogger("supervisor")
 #: How often (trio seconds) a supervisor with a store purges expired passivated records.
 _PURGE_EVERY = 300.0
 
+#: Beyond ``close_grace``, how long an admission waits for the slot of the session it
+#: passivated to make room in a full cluster (the slot goes back through the cluster's store).
+_EVICTION_SLACK = 1.0
+
 __all__ = ["Actor", "SessionContext", "Supervisor", "open_supervisor"]
 
 T = TypeVar("T")
@@ -575,7 +579,19 @@ class Supervisor:
     ) -> Session:
         """The local slot is reserved: take the cluster's, then spawn (or give both back)."""
         try:
-            await cluster.admit(principal, wait=wait)
+            try:
+                await cluster.admit(principal, wait=wait)
+            except CapacityError:
+                # Full cluster-wide: with passivate_at_capacity, passivate an idle durable
+                # session of this node and wait (a grace period at most) for the slot it frees.
+                if wait or not self._evict_for(principal, cluster_full=True):
+                    raise
+                admitted = False
+                with trio.move_on_after(self._config.close_grace + _EVICTION_SLACK):
+                    await cluster.admit(principal, wait=True)
+                    admitted = True
+                if not admitted:
+                    raise
         except BaseException as exc:
             self._release(principal)
             if isinstance(exc, CapacityError):
@@ -587,11 +603,14 @@ class Supervisor:
             raise SupervisorClosed("the supervisor is shutting down")
         return self._spawn(actor, transport, principal, meta, durable, restored)
 
-    def _evict_for(self, principal: str | None) -> bool:
+    def _evict_for(self, principal: str | None, cluster_full: bool = False) -> bool:
         """With ``passivate_at_capacity``: passivate the least recently used idle durable
         session, so a slot frees soon; False when that cannot help (a principal's limit is
-        what is reached, or no durable session is idle)."""
-        if not self._config.passivate_at_capacity or self._used < self._config.max_sessions:
+        what is reached here, or no durable session is idle). ``cluster_full``: the cluster
+        refused the slot (this node may have room of its own)."""
+        if not self._config.passivate_at_capacity:
+            return False
+        if not cluster_full and self._used < self._config.max_sessions:
             return False
         limit = self._config.max_sessions_per_principal
         if (

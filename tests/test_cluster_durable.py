@@ -794,3 +794,44 @@ async def test_a_durable_handle_is_activated_where_its_tool_call_lands() -> None
     directory.owners["moved.here"] = "other"
     assert (await _request(forwarding, "moved.here", modern=True))[0] == 503
     assert directory.asked == [("owner", "moved.here"), ("address", "other")]
+
+
+async def test_a_full_cluster_passivates_an_idle_durable_session_of_the_admitting_node(
+    shared_redis: RedisServer,
+) -> None:
+    # passivate_at_capacity counts the cluster's cap too: this node has room of its own, the
+    # cluster has none, so this node's least recently used idle durable session makes room.
+    prefix = fresh_prefix()
+
+    async def idle(ctx: SessionContext[Any]) -> None:
+        async for _ in ctx.mailbox:
+            pass
+
+    def node() -> Cluster:
+        return Cluster(
+            shared_redis.url,
+            prefix=prefix,
+            lease=LEASE,
+            check_every=CHECK,
+            request_timeout=TIMEOUT,
+            lease_block=0,
+        )
+
+    a_cluster, b_cluster = node(), node()
+    config: dict[str, Any] = {"max_sessions": 2, "passivate_at_capacity": True}
+    async with (
+        open_supervisor(cluster=a_cluster, store=a_cluster.store, **config) as a,
+        open_supervisor(cluster=b_cluster, store=b_cluster.store, **config) as b,
+    ):
+        for sup in (a, b):
+            sup.register_durable("idle", idle)
+        old = (await a.create_session(idle, durable=True, wait=False)).id
+        await b.create_session(idle, wait=False)
+        with pytest.raises(CapacityError):  # B has nothing durable to passivate
+            await b.create_session(idle, wait=False)
+        async with a.subscribe(kinds=[EventKind.PASSIVATED]) as events:
+            new = await a.create_session(idle, wait=False)
+            passivated = await events.__anext__()
+        assert isinstance(passivated, Event)
+        assert (passivated.session_id, passivated.reason) == (old, "capacity")
+        assert new.id in a and old not in a
