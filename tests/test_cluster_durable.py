@@ -354,6 +354,7 @@ async def test_a_dead_nodes_counter_continues_on_another_node(shared_redis: Redi
                 assert [await sup_a.call(first.id, "inc") for _ in range(3)] == [1, 2, 3]
                 assert await sup_a.call(second.id, "inc") == 1
                 ids.extend((first.id, second.id))
+                await trio.sleep(0.2)  # its registrations reach the store (a 20 ms batch)
                 a_alive.set()
                 await a_dies.wait()
 
@@ -378,6 +379,25 @@ async def test_a_dead_nodes_counter_continues_on_another_node(shared_redis: Redi
             return await b.durable_owner(first) is None
 
         await eventually(a_lapsed, LEASE + 2, "A's lease lapsed")
+
+        def lost() -> list[dict[str, str]]:
+            entries = command(shared_redis.port, "XRANGE", "{" + prefix + "}:events", "-", "+")
+            assert isinstance(entries, list)
+            found = []
+            for entry in entries:
+                assert isinstance(entry, list) and isinstance(entry[1], list)
+                raw = [x.decode() if isinstance(x, bytes) else str(x) for x in entry[1]]
+                fields = dict(zip(raw[::2], raw[1::2], strict=True))
+                if fields.get("reason") == "node-lost" and fields.get("session"):
+                    found.append(fields)
+            return found
+
+        async def reaped() -> bool:
+            return len(lost()) == 2
+
+        await eventually(reaped, LEASE + 3, "A's two sessions reaped")
+        # The stream does not say A's durable sessions ended: they outlive their node.
+        assert {e["kind"] for e in lost()} == {"passivated"}, lost()
         session = await sup_b.activate(first)
         assert session.id == first and session.durable and session.epoch == 2
         assert await sup_b.call(first, "inc") == 4

@@ -296,7 +296,9 @@ class Cluster:
         else:
             node = self._hosted.get(sid) or sid.rpartition(".")[2]
         if kind in (EventKind.CREATED, EventKind.AUTHENTICATED, EventKind.ACTIVATED):
-            info = registry_info(session.principal, session.transport.value, session._created_wall)
+            info = registry_info(
+                session.principal, session.transport.value, session._created_wall, session.durable
+            )
             tag = "a" if kind is EventKind.AUTHENTICATED else "c"
             op = (node, tag, sid, kind.value, info, "", at)
         elif kind.leaves:  # a terminal event, or PASSIVATED: the session leaves this node
@@ -579,7 +581,9 @@ class Cluster:
         sessions = self._owned(supervisor, self.node_id)
         registered: list[str] = []
         for session in sessions:
-            info = registry_info(session.principal, session.transport.value, session._created_wall)
+            info = registry_info(
+                session.principal, session.transport.value, session._created_wall, session.durable
+            )
             registered.extend((self.node_id, "r", session.id, "created", info, "", ""))
         self._ops[:0] = registered
         self._records_kick.set()

@@ -200,7 +200,8 @@ return out
 #: reaped before its creations reached the store (it paused, or was cut off, right after
 #: creating them) still writes them when it runs again: each such session gets its created
 #: event and one terminal event, its own if its end is in the same call, else ``failed``
-#: with reason ``node-lost`` (its end, written later, finds it in no registry and is dropped).
+#: (``passivated`` for a durable one, which outlives its node) with reason ``node-lost`` (its
+#: end, written later, finds it in no registry and is dropped).
 #: Returns how many entries were written.
 RECORD: Final = (
     _PRELUDE
@@ -221,7 +222,7 @@ for i = 4, #ARGV, 6 do
       redis.call('HSET', reg, sid, a)
       fields = {'node', node, 'kind', kind, 'session', sid, 'at', at}
     elseif reaped then
-      orphans[sid] = at
+      orphans[sid] = {at, string.find(a, '"durable": true', 1, true) and 'passivated' or 'failed'}
       fields = {'node', node, 'kind', kind, 'session', sid, 'at', at}
     end
   elseif tag == 'r' then
@@ -246,9 +247,9 @@ for i = 4, #ARGV, 6 do
     written = written + 1
   end
 end
-for sid, at in pairs(orphans) do
-  event(maxlen, {'node', node, 'kind', 'failed', 'session', sid, 'reason', 'node-lost',
-    'at', at})
+for sid, orphan in pairs(orphans) do
+  event(maxlen, {'node', node, 'kind', orphan[2], 'session', sid, 'reason', 'node-lost',
+    'at', orphan[1]})
   written = written + 1
 end
 return written
@@ -257,7 +258,8 @@ return written
 
 #: ARGV: P, node, maxlen, tomb_ms, reason, force ('1': the node leaves by itself).
 #: Without force, does nothing while the node's lease exists. Writes one terminal event
-#: (``failed``, the reason) per session still registered, frees everything the node held,
+#: (``failed``, the reason; ``passivated`` for a durable session, which is activated again
+#: elsewhere) per session still registered, frees everything the node held,
 #: and leaves a tombstone (also when the node leaves by itself: its id is never reused).
 #: Returns the sessions reaped, or -1 (alive) / -2 (nothing to reap).
 REAP: Final = (
@@ -274,9 +276,12 @@ if redis.call('HEXISTS', P .. ':nodes', node) == 0 and redis.call('EXISTS', reg)
 end
 local at = tostring(now_ms() / 1000)
 local n = 0
-local sessions = redis.call('HKEYS', reg)
-for _, sid in ipairs(sessions) do
-  event(maxlen, {'node', node, 'kind', 'failed', 'session', sid, 'reason', ARGV[5], 'at', at})
+local sessions = redis.call('HGETALL', reg)
+for i = 1, #sessions, 2 do
+  -- A durable session outlives its node (it is activated again elsewhere): passivated.
+  local kind = 'failed'
+  if string.find(sessions[i + 1], '"durable": true', 1, true) then kind = 'passivated' end
+  event(maxlen, {'node', node, 'kind', kind, 'session', sessions[i], 'reason', ARGV[5], 'at', at})
   n = n + 1
 end
 redis.call('DEL', reg)

@@ -346,6 +346,12 @@ def _errors() -> Iterator[None]:
         raise StoreError(f"cluster store: {type(exc).__name__}: {exc}") from exc
 
 
-def registry_info(principal: str | None, transport: str, created: float) -> str:
-    """The JSON a session is registered with."""
-    return json.dumps({"principal": principal, "transport": transport, "created": created})
+def registry_info(
+    principal: str | None, transport: str, created: float, durable: bool = False
+) -> str:
+    """The JSON a session is registered with (``durable``: its node's death does not end it,
+    so the reaper records it as passivated, not failed)."""
+    info: dict[str, object] = {"principal": principal, "transport": transport, "created": created}
+    if durable:
+        info["durable"] = True
+    return json.dumps(info)
