@@ -1582,13 +1582,20 @@ class Supervisor:
         """Put a message in the session's mailbox, waiting while it is full (backpressure).
 
         Counts as activity. Cancellation-safe: if cancelled, the message was not delivered.
+        A durable session that is passivated (or passivating) is activated first.
 
         Raises:
             SessionNotFound: no such session.
             SessionClosed: the session is ending (closing, or a deadline fired) or ended (also
                 if it does while waiting).
+            CapacityError, ActiveElsewhere, StoreError: as `activate`, for a passivated one.
         """
-        session = self._deliverable(session_id, trio.current_time())
+        try:
+            session = self._deliverable(session_id, trio.current_time())
+        except (SessionNotFound, SessionClosed):
+            if not self._reactivates(session_id):
+                raise
+            session = await self._reactivated(session_id)
         self._queue(session)
         try:
             await _put(session, Message(payload, session, _ONE_WAY), self._mailbox_size)
@@ -1633,6 +1640,9 @@ class Supervisor:
         (``msg.reply`` returns False); once ``msg.reply`` has returned True the caller gets
         the answer, even if it is cancelled before it resumes.
 
+        A durable session that is passivated (or passivating) is activated first (within
+        ``timeout``).
+
         Args:
             timeout: seconds to wait for delivery and reply together; ``None``: no limit.
 
@@ -1644,15 +1654,36 @@ class Supervisor:
             SessionClosed: the session is ending (closing, or a deadline fired), or ended
                 before replying.
             trio.TooSlowError: no reply within ``timeout``.
+            CapacityError, ActiveElsewhere, StoreError: as `activate`, for a passivated one.
             Exception: what the actor passed to ``msg.fail``.
         """
         # Checked at this step's time, so the pause in _begin_flight (same step, no
         # checkpoint between) cannot move a deadline that fired.
-        session = self._deliverable(session_id, trio.current_time())
+        try:
+            session = self._deliverable(session_id, trio.current_time())
+        except (SessionNotFound, SessionClosed):
+            if not self._reactivates(session_id):
+                raise
+            if timeout is None:
+                return await self._call(await self._reactivated(session_id), payload)
+            with trio.fail_after(timeout):
+                return await self._call(await self._reactivated(session_id), payload)
         if timeout is None:
             return await self._call(session, payload)
         with trio.fail_after(timeout):
             return await self._call(session, payload)
+
+    def _reactivates(self, session_id: str) -> bool:
+        """Would a message for ``session_id``, not deliverable now, activate it? When a store
+        may hold it: not live here, or passivating (not closing for good, nor shutting down)."""
+        if self._store is None or self._closing:
+            return False
+        session = self._sessions.get(session_id)
+        return session is None or (session._durable is not None and self._passivates(session))
+
+    async def _reactivated(self, session_id: str) -> Session:
+        await self.activate(session_id)
+        return self._deliverable(session_id, trio.current_time())
 
     async def _call(self, session: Session, payload: Any) -> Any:
         msg = Message(payload, session, _PENDING)

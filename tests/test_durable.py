@@ -478,3 +478,28 @@ async def test_an_activation_right_after_a_close_finds_the_session_gone() -> Non
         with pytest.raises(SessionNotFound):
             await sup.activate(sid)
         assert sid not in shelf.records
+
+
+async def test_a_message_or_a_call_for_a_passivated_session_activates_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_supervisor(store=MemoryStore(), idle_timeout=10) as sup:
+        sup.register_durable("counter", counter)
+        sid = sup.create_session_nowait(counter, durable=True).id
+        assert await sup.call(sid, "inc") == 1
+        await trio.sleep(11)
+        assert sid not in sup
+        assert await sup.call(sid, "inc", timeout=5) == 2  # activated by the call itself
+        await trio.sleep(11)
+        await sup.send(sid, "inc")  # and by a message
+        assert sup.get_session(sid).epoch == 3
+        assert await sup.call(sid, "get") == 3
+        with pytest.raises(SessionNotFound):
+            await sup.call("no-such-session", "inc")
+        sup.close_session(sid)
+        with pytest.raises(SessionClosed):
+            await sup.call(sid, "inc")  # closing for good: not activated again
+        other = sup.create_session_nowait(counter, durable=True).id
+        await trio.sleep(11)  # passivated
+        with pytest.raises(SessionNotFound):
+            sup.send_nowait(other, "inc")  # never waits, so never activates
