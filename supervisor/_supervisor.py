@@ -1035,6 +1035,9 @@ class Supervisor:
         session._superseded = True
         if not session._ended:
             self._close(session, "superseded")
+        kept = self._retained.get(session._id)
+        if kept is not None and kept.epoch == session._epoch:
+            del self._retained[session._id]  # its passivation was refused: nothing to expire
 
     def _store_soon(self, session: Session, write: Callable[[Session], Awaitable[object]]) -> None:
         """Write to the store in the background, in order with the session's other writes."""
@@ -1539,6 +1542,29 @@ class Supervisor:
         session = self._sessions.get(session_id)
         if session is None:
             return False
+        return self._close(session, reason)
+
+    def passivate_session(self, session_id: str, reason: str | None = None) -> bool:
+        """Ask a durable session to passivate: it closes as with `close_session`, but its
+        activation ends in a ``PASSIVATED`` event (reason ``reason``, default
+        ``"passivated"``) and its record stays in the store, to be activated again.
+
+        Returns:
+            As `close_session`.
+
+        Raises:
+            TypeError: ``reason`` is not a str.
+            ValueError: the session is not durable (`close_session` ends it).
+        """
+        reason = _check_reason(reason) if reason is not None else "passivated"
+        session = self._sessions.get(session_id)
+        if session is None:
+            return False
+        if session._durable is None:
+            raise ValueError(f"session {_short(session_id)} is not durable: close_session ends it")
+        if _ending(session):
+            return False
+        session._passivate = reason
         return self._close(session, reason)
 
     def close_all(self, reason: str | None = None) -> int:

@@ -457,8 +457,8 @@ async def test_a_dead_nodes_counter_continues_on_another_node(shared_redis: Redi
 
 
 async def test_a_fenced_nodes_durable_sessions_stay_activatable(shared_redis: RedisServer) -> None:
-    # Fencing closes the node's sessions; a durable one is not deleted (its record stays with
-    # the old incarnation, whose lease is gone), so another node activates it.
+    # Fencing closes the node's sessions; a durable one is passivated, not ended (its record
+    # stays with the old incarnation, whose lease is gone), so another node activates it.
     prefix = fresh_prefix()
 
     class NoRenewals(RedisStore):
@@ -475,12 +475,13 @@ async def test_a_fenced_nodes_durable_sessions_stay_activatable(shared_redis: Re
         session = await sup_a.create_session(counter, durable=True)
         assert await sup_a.call(session.id, "inc") == 1
         old = a.node_id
-        async with sup_a.subscribe(kinds=[EventKind.CLOSED]) as sub:
+        async with sup_a.subscribe(kinds=[EventKind.PASSIVATED, EventKind.CLOSED]) as sub:
             flaky.down = True
             with trio.fail_after(LEASE + 2):
                 async for event in sub:
                     assert isinstance(event, Event)
                     assert event.session_id == session.id and event.reason == "fenced"
+                    assert event.kind is EventKind.PASSIVATED  # it has not ended
                     break
         assert a.node_id != old
         flaky.down = False

@@ -53,8 +53,15 @@ class Node:
 
 @asynccontextmanager
 async def cluster_nodes(
-    redis: RedisServer, count: int = 3, *extra: str, lease: str = "1.5", check: str = "0.5"
+    redis: RedisServer,
+    count: int = 3,
+    *extra: str,
+    lease: str = "1.5",
+    check: str = "0.5",
+    app: str | None = "tests._cluster_node:notify_server",
 ) -> AsyncIterator[list[Node]]:
+    """``count`` ``serve --cluster`` processes on ``redis`` (``app`` None: the demo server);
+    each is stopped by its PID."""
     pids: list[int] = []
     try:
         async with AsyncExitStack() as stack:
@@ -70,8 +77,7 @@ async def cluster_nodes(
                         lease,
                         "--lease-check",
                         check,
-                        "--app",
-                        "tests._cluster_node:notify_server",
+                        *(() if app is None else ("--app", app)),
                         *extra,
                         ready="Ctrl-C stops",
                     )
@@ -261,10 +267,16 @@ async def test_max_sessions_holds_across_three_nodes(redis_server: RedisServer) 
 async def test_a_killed_nodes_capacity_comes_back_and_its_sessions_end_once(
     redis_server: RedisServer,
 ) -> None:
+    # Sessions that are not durable (--store none) end with their node; durable ones are
+    # activated again elsewhere (tests/test_durable_processes.py).
     cap = 4
     with trio.fail_after(TIMEOUT):
         async with (
-            cluster_nodes(redis_server, 3, "--max-sessions", str(cap)) as (n1, n2, n3),
+            cluster_nodes(redis_server, 3, "--max-sessions", str(cap), "--store", "none") as (
+                n1,
+                n2,
+                n3,
+            ),
             httpx.AsyncClient(timeout=10) as http,
         ):
             victims = [await open_session(http, n1.url) for _ in range(3)]
@@ -302,7 +314,13 @@ async def test_a_paused_node_fences_itself_and_rejoins_under_a_new_id(
     port = redis_server.port
     with trio.fail_after(TIMEOUT):
         async with (
-            cluster_nodes(redis_server, 3, "--max-sessions", str(cap)) as (n1, n2, _n3),
+            # Not durable (--store none): fencing ends them (a durable one is passivated:
+            # tests/test_cluster_durable.py).
+            cluster_nodes(redis_server, 3, "--max-sessions", str(cap), "--store", "none") as (
+                n1,
+                n2,
+                _n3,
+            ),
             httpx.AsyncClient(timeout=10) as http,
         ):
             mine = [await open_session(http, n1.url) for _ in range(2)]

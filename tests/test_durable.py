@@ -15,6 +15,7 @@ import trio.testing
 from supervisor import (
     ActiveElsewhere,
     CapacityError,
+    Event,
     EventKind,
     SessionClosed,
     SessionContext,
@@ -503,3 +504,20 @@ async def test_a_message_or_a_call_for_a_passivated_session_activates_it(
         await trio.sleep(11)  # passivated
         with pytest.raises(SessionNotFound):
             sup.send_nowait(other, "inc")  # never waits, so never activates
+
+
+async def test_passivate_session_on_demand() -> None:
+    shelf = Shelf()
+    async with open_supervisor(store=MemoryStore(shelf)) as sup:
+        sup.register_durable("counter", counter)
+        sid = sup.create_session_nowait(counter, durable=True).id
+        assert await sup.call(sid, "inc") == 1
+        async with sup.subscribe(kinds=[EventKind.PASSIVATED]) as events:
+            assert sup.passivate_session(sid, reason="maintenance")
+            event = await events.__anext__()
+        assert isinstance(event, Event) and event.reason == "maintenance"
+        assert not sup.passivate_session(sid)  # gone from here: nothing to do
+        assert await sup.call(sid, "inc") == 2  # activated again by the call
+        plain = sup.create_session_nowait(echo_actor).id
+        with pytest.raises(ValueError, match="not durable"):
+            sup.passivate_session(plain)

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -31,7 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ._redis import RedisServer, pid_alive, redis_server_fixture  # noqa: F401
 from ._serve import ACCEPT, ServeProcess, rpc_message, serve_process, tool_call
-from .test_cluster_processes import eventually
+from .test_cluster_processes import Node, cluster_nodes, eventually
 
 TIMEOUT = 60  # seconds, per test; generous for a loaded 2-core machine
 VERSION = "2025-11-25"  # what the official client negotiates in legacy mode
@@ -210,45 +210,13 @@ async def test_a_second_server_on_the_same_file_is_refused(tmp_path: Path) -> No
 # -- 2. three nodes on one Redis, kill -9 the owner -------------------------------------------
 
 
-class Node:
-    def __init__(self, serve: ServeProcess) -> None:
-        self.serve = serve
-        self.url = serve.url
-        self.admin = serve.line_after("admin endpoint on")
-        line = next(x for x in serve.output.splitlines() if x.startswith("cluster node "))
-        self.node_id = line.split()[2]
-
-    @property
-    def pid(self) -> int:
-        return self.serve.pid
-
-
 @asynccontextmanager
-async def cluster_nodes(redis: RedisServer, count: int = 3) -> AsyncIterator[list[Node]]:
-    pids: list[int] = []
-    try:
-        async with AsyncExitStack() as stack:
-            nodes = []
-            for _ in range(count):
-                serve = await stack.enter_async_context(
-                    announced(
-                        "--cluster",
-                        redis.url,
-                        "--node-lease",
-                        "1.5",
-                        "--lease-check",
-                        "0.5",
-                        "--admin-port",
-                        "0",
-                    )
-                )
-                pids.append(serve.pid)
-                assert "durable sessions in the cluster's Redis at" in serve.output
-                nodes.append(Node(serve))
-            yield nodes
-    finally:
-        for pid in pids:
-            assert not pid_alive(pid), f"serve process {pid} still runs"
+async def demo_nodes(redis: RedisServer, count: int = 3) -> AsyncIterator[list[Node]]:
+    """``count`` demo servers in one cluster, durable in the cluster's Redis by default."""
+    async with cluster_nodes(redis, count, app=None) as nodes:
+        for node in nodes:
+            assert "durable sessions in the cluster's Redis at" in node.serve.output
+        yield nodes
 
 
 async def activations(http: httpx.AsyncClient, nodes: list[Node]) -> float:
@@ -270,7 +238,7 @@ async def test_a_killed_owners_sessions_continue_at_4_on_another_node(
     once (on one of them; the other relays to it)."""
     with trio.fail_after(TIMEOUT):
         async with (
-            cluster_nodes(redis_server) as (n1, n2, n3),
+            demo_nodes(redis_server) as (n1, n2, n3),
             httpx.AsyncClient(timeout=10) as http,
         ):
             async with legacy_client(n1.url) as (legacy, ids):

@@ -614,7 +614,10 @@ class Cluster:
         supervisor = self._supervisor
         if supervisor is not None:
             for session in self._owned(supervisor, old):
-                supervisor.close_session(session.id, reason="fenced")
+                if session.durable:  # it lives on: activated again here or elsewhere
+                    supervisor.passivate_session(session.id, reason="fenced")
+                else:
+                    supervisor.close_session(session.id, reason="fenced")
         for request in self._queue:
             request.status = "unavailable"
             request.done.set()
