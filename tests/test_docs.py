@@ -287,10 +287,14 @@ def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:
     try:
         assert server.stdout is not None
         lines = [server.stdout.readline() for _ in range(2)]  # which store, then the URL
+        assert lines[0].startswith("durable sessions in SQLite file "), lines
+        assert lines[1].startswith("serving MCP on "), lines
+    except BaseException:
+        server.kill()  # stopped by its PID whatever went wrong
+        server.wait(timeout=10)
+        raise
     finally:
         watchdog.cancel()
-    assert lines[0].startswith("durable sessions in SQLite file "), lines
-    assert lines[1].startswith("serving MCP on "), lines
     return server, lines[1].split()[-1]
 
 
