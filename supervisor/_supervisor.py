@@ -287,6 +287,14 @@ class _Retained:
         return session
 
 
+def _store_lock(session: Session) -> trio.Lock:
+    """The lock that orders a durable session's store writes (made on first use)."""
+    lock = session._store_lock
+    if lock is None:
+        lock = session._store_lock = trio.Lock()
+    return lock
+
+
 class _Waiter:
     """A task waiting in `Supervisor.create_session` for a slot."""
 
@@ -1019,10 +1027,7 @@ class Supervisor:
         if session._superseded:
             raise Superseded(f"session {_short(session._id)} is active elsewhere")
         assert self._store is not None
-        lock = session._store_lock
-        if lock is None:
-            lock = session._store_lock = trio.Lock()
-        async with lock:
+        async with _store_lock(session):
             try:
                 await self._store.save(self._record(session, text))
             except Superseded:
@@ -1041,19 +1046,15 @@ class Supervisor:
 
     def _store_soon(self, session: Session, write: Callable[[Session], Awaitable[object]]) -> None:
         """Write to the store in the background, in order with the session's other writes."""
-        self._writes += 1
         session._writes += 1
         self._flushing[session._id] = session
-        self._nursery.start_soon(self._store_write, session, write, name="supervisor store")
+        self._background(self._store_write(session, write))
 
     async def _store_write(
         self, session: Session, write: Callable[[Session], Awaitable[object]]
     ) -> None:
-        lock = session._store_lock
-        if lock is None:
-            lock = session._store_lock = trio.Lock()
         try:
-            async with lock:
+            async with _store_lock(session):
                 await write(session)
         except Superseded:
             self._superseded(session)
@@ -1067,10 +1068,6 @@ class Supervisor:
                 if session._flushed is not None:
                     session._flushed.set()
                     session._flushed = None
-            self._writes -= 1
-            if not self._writes:
-                self._writes_done.set()
-                self._writes_done = trio.Event()
 
     async def _store_handshake(self, session: Session) -> None:
         assert self._store is not None
@@ -1127,8 +1124,8 @@ class Supervisor:
                 self._retention_kick = trio.Event()
 
     def _background(self, write: Awaitable[None]) -> None:
-        """Run a store step that belongs to no session's order, counted as a write (the store
-        stays open until it is done)."""
+        """Run a store step in the background, counted as a write (the store stays open
+        until it is done)."""
         self._writes += 1
 
         async def run() -> None:
