@@ -221,6 +221,14 @@ class Session:
         return self._epoch if self._durable is not None else 0
 
     @property
+    def passivating(self) -> bool:
+        """True once a durable session's activation is ending (or has ended) in a passivation:
+        its idle timeout, a shutdown, eviction at capacity, `Supervisor.passivate_session`. It
+        will be activated again; it has not ended for good."""
+        _ending(self)
+        return _passivating(self)
+
+    @property
     def restarts(self) -> int:
         """How many times this activation's actor was restarted after raising."""
         return self._restart_count
@@ -436,6 +444,17 @@ def _ending(session: Session, now: float | None = None) -> bool:
         _expire(session, due)
         return True
     return False
+
+
+def _passivating(session: Session) -> bool:
+    """Does this durable session's activation end in a passivation (not for good)? Decided by
+    the end already decided (see `_ending`): a failure or a refused write never passivates."""
+    if session._durable is None or session._superseded or session._error is not None:
+        return False
+    reason = session._close_reason
+    if session._passivate is not None:
+        return reason == session._passivate  # not if another end was decided first
+    return reason == "shutdown" or (session._expired and reason == "idle-timeout")
 
 
 def _check_live(session: Session) -> None:

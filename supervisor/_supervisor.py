@@ -55,6 +55,7 @@ from ._session import (
     _end_flight,
     _ending,
     _expire,
+    _passivating,
     _put,
     _put_nowait,
     _short,
@@ -929,7 +930,7 @@ class Supervisor:
         `_actor_returned`, `_close`); only a failure, which always wins, is decided here.
         """
         now = trio.current_time()
-        passivated = session._durable is not None and self._passivates(session)
+        passivated = session._durable is not None and _passivating(session)
         if passivated:
             kind, reason = EventKind.PASSIVATED, session._close_reason
             self._passivated_total += 1
@@ -979,15 +980,6 @@ class Supervisor:
         self._release(session._principal)
 
     # -- durable sessions ----------------------------------------------------------------------
-
-    def _passivates(self, session: Session) -> bool:
-        """Does this durable session's activation end in a passivation (not for good)?"""
-        if session._durable is None or session._superseded or session._error is not None:
-            return False
-        reason = session._close_reason
-        if session._passivate is not None:
-            return reason == session._passivate  # not if another end was decided first
-        return reason == "shutdown" or (session._expired and reason == "idle-timeout")
 
     def _record(self, session: Session, state: str | None) -> DurableRecord:
         """What the store keeps of ``session``, with ``state`` (JSON text) as its snapshot."""
@@ -1702,7 +1694,7 @@ class Supervisor:
         if self._store is None or self._closing:
             return False
         session = self._sessions.get(session_id)
-        return session is None or (session._durable is not None and self._passivates(session))
+        return session is None or (session._durable is not None and _passivating(session))
 
     async def _reactivated(self, session_id: str) -> Session:
         await self.activate(session_id)

@@ -510,10 +510,13 @@ async def test_passivate_session_on_demand() -> None:
     shelf = Shelf()
     async with open_supervisor(store=MemoryStore(shelf)) as sup:
         sup.register_durable("counter", counter)
-        sid = sup.create_session_nowait(counter, durable=True).id
+        session = sup.create_session_nowait(counter, durable=True)
+        sid = session.id
         assert await sup.call(sid, "inc") == 1
+        assert not session.passivating
         async with sup.subscribe(kinds=[EventKind.PASSIVATED]) as events:
             assert sup.passivate_session(sid, reason="maintenance")
+            assert session.passivating  # ending, to be activated again
             event = await events.__anext__()
         assert isinstance(event, Event) and event.reason == "maintenance"
         assert not sup.passivate_session(sid)  # gone from here: nothing to do
@@ -521,3 +524,6 @@ async def test_passivate_session_on_demand() -> None:
         plain = sup.create_session_nowait(echo_actor).id
         with pytest.raises(ValueError, match="not durable"):
             sup.passivate_session(plain)
+        closing = sup.get_session(sid)
+        sup.close_session(sid)
+        assert not closing.passivating  # closing for good

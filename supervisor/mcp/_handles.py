@@ -182,15 +182,6 @@ def _ended(code: str) -> HandleError:
     return HandleError(code, "the session was closed: call open_session for a new one")
 
 
-#: Close reasons that end a durable session's activation in a passivation, not for good.
-_PASSIVATING: Final = frozenset({"idle-timeout", "capacity", "shutdown"})
-
-
-def _passivating(session: Session) -> bool:
-    """Is this durable session passivating (ending here, to be activated again)?"""
-    return session.durable and session.close_reason in _PASSIVATING
-
-
 def _code_for(reason: str | None) -> str:
     return "session-expired" if reason in _EXPIRED_REASONS else "session-closed"
 
@@ -432,7 +423,7 @@ class StateHandles:
             live = None
         if (
             live is not None
-            and _passivating(live)
+            and live.passivating
             and live.metadata.get(_MARK)
             and live.principal == principal
         ):
@@ -507,7 +498,7 @@ class StateHandles:
                 answer: outcome.Outcome[T] = await self.supervisor.call(handle, work)
             except (SessionNotFound, SessionClosed) as exc:
                 if self.supervisor.store is None or not (
-                    isinstance(exc, SessionNotFound) or _passivating(session)
+                    isinstance(exc, SessionNotFound) or session.passivating
                 ):
                     raise
                 # It passivated since: ``fn`` has not run (an idle session has no call in
@@ -616,7 +607,7 @@ class StateHandles:
             # registry, so no lookup in between can miss both. A passivation is no end: the
             # handle is activated again from the store (a restart is none either, and the
             # live session is found first).
-            if not _passivating(ctx.session):
+            if not ctx.session.passivating:
                 self._record(ctx.session)
             else:
                 self._passivated(ctx.session)

@@ -63,7 +63,7 @@ from ._checks import (
     _read_request_body,
 )
 from ._handles import _MARK as _HANDLE_MARK
-from ._handles import _passivating, serving_stateless, state_handles
+from ._handles import serving_stateless, state_handles
 from ._http_session import _HttpSession, _run_http_session, _run_request, _SessionEventStore
 from ._modern import serve_modern
 from ._session import ServerSource, _create_now, resolve_server
@@ -469,7 +469,7 @@ class McpHttpApp:
             session: Session | None = self.supervisor.get_session(session_id)
         except SessionNotFound:
             session = None
-        if session is not None and _passivating(session) and self._ours(session, principal):
+        if session is not None and session.passivating and self._ours(session, principal):
             session = None  # passivating now: activated again once it has passivated
         if session is None:
             session = await self._activate(session_id)
