@@ -12,12 +12,11 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import attrs
 import trio
 
-from supervisor import ActiveElsewhere, DurableRecord, SessionNotFound, StoreError, Superseded
+from supervisor import ActiveElsewhere, DurableRecord, SessionNotFound, Superseded
 
 
 @attrs.define
@@ -59,8 +58,7 @@ class MemoryStore:
             await trio.lowlevel.checkpoint()
         if self.fail is not None:
             raise self.fail
-        if self._node not in self.shelf.alive and self._node:
-            pass  # a dead node may still write: fencing, not liveness, refuses it
+        # A dead node may still write: fencing (epoch and owner), not liveness, refuses it.
 
     def _check(self, record: DurableRecord) -> None:
         json.dumps(record.state)
@@ -119,8 +117,4 @@ class MemoryStore:
         return len(gone)
 
 
-def state_of(shelf: Shelf, session_id: str) -> Any:
-    return shelf.records[session_id].state
-
-
-__all__ = ["MemoryStore", "Shelf", "StoreError", "state_of"]
+__all__ = ["MemoryStore", "Shelf"]
