@@ -16,6 +16,26 @@ async def counter(client: Client | ClientSession) -> int:
     return count
 
 
+async def count(client: Client, handle: str | None = None) -> int:
+    """``counter``, through the state handle ``handle`` if one is given; it must succeed."""
+    result = await client.call_tool("counter", {} if handle is None else {"session": handle})
+    assert not result.is_error, result
+    assert isinstance(result.structured_content, dict)
+    value = result.structured_content["count"]
+    assert isinstance(value, int)
+    return value
+
+
+async def open_handle(client: Client) -> str:
+    """A new state handle from the demo's ``open_session``."""
+    opened = await client.call_tool("open_session", {})
+    assert not opened.is_error, opened
+    assert isinstance(opened.structured_content, dict)
+    handle = opened.structured_content["session"]
+    assert isinstance(handle, str)
+    return handle
+
+
 async def wait_for(events: Subscription, kind: EventKind, session_id: str) -> Event:
     """The next event of ``kind`` for ``session_id``."""
     async for item in events:

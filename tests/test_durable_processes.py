@@ -29,6 +29,7 @@ import trio
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from ._mcp_helpers import count, open_handle
 from ._redis import RedisServer, pid_alive, redis_server_fixture  # noqa: F401
 from ._serve import ACCEPT, ServeProcess, rpc_message, serve_process, tool_call
 from .test_cluster_processes import Node, cluster_nodes, eventually
@@ -62,24 +63,6 @@ async def legacy_client(url: str) -> AsyncIterator[tuple[Client, list[str]]]:
     ):
         assert client.protocol_version == VERSION
         yield client, ids
-
-
-async def count(client: Client, handle: str | None = None) -> int:
-    result = await client.call_tool("counter", {} if handle is None else {"session": handle})
-    assert not result.is_error, result
-    assert result.structured_content is not None
-    value = result.structured_content["count"]
-    assert isinstance(value, int)
-    return value
-
-
-async def open_handle(client: Client) -> str:
-    opened = await client.call_tool("open_session", {})
-    assert not opened.is_error, opened
-    assert opened.structured_content is not None
-    handle = opened.structured_content["session"]
-    assert isinstance(handle, str)
-    return handle
 
 
 #: JSON-RPC ids of the raw requests: unique, as requests in flight in one session must be.

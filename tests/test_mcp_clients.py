@@ -44,6 +44,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from supervisor._ids import short_id
 
+from ._mcp_helpers import count, open_handle
 from ._serve import REPO, ServeProcess, serve_process
 
 TIMEOUT = 30
@@ -72,24 +73,6 @@ async def python_client(
     ):
         assert client.protocol_version == PYTHON_VERSIONS[mode]
         yield client
-
-
-async def open_handle(client: Client) -> str:
-    opened = await client.call_tool("open_session", {})
-    assert not opened.is_error, opened
-    assert opened.structured_content is not None
-    handle = opened.structured_content["session"]
-    assert isinstance(handle, str)
-    return handle
-
-
-async def count(client: Client, handle: str | None) -> int:
-    result = await client.call_tool("counter", {} if handle is None else {"session": handle})
-    assert not result.is_error, result
-    assert result.structured_content is not None
-    value = result.structured_content["count"]
-    assert isinstance(value, int)
-    return value
 
 
 async def error_code(client: Client, handle: str) -> str:

@@ -49,6 +49,7 @@ from supervisor.mcp import (
 )
 
 from ._helpers import drain, events_only
+from ._mcp_helpers import count, open_handle
 from ._memory_store import MemoryStore, Shelf
 from .test_mcp_http import ACCEPT, INIT, VERSION, messages, result, session_headers
 
@@ -136,29 +137,11 @@ def rpc_error(response: httpx.Response) -> dict[str, Any]:
     return error
 
 
-async def count_with(client: Client, handle: str | None = None) -> int:
-    result = await client.call_tool("counter", {} if handle is None else {"session": handle})
-    assert not result.is_error, result
-    assert isinstance(result.structured_content, dict)
-    value = result.structured_content["count"]
-    assert isinstance(value, int)
-    return value
-
-
 async def tool_error(client: Client, handle: str) -> dict[str, Any]:
     result = await client.call_tool("counter", {"session": handle})
     assert result.is_error, result
     assert isinstance(result.structured_content, dict)
     return result.structured_content
-
-
-async def open_handle(client: Client) -> str:
-    result = await client.call_tool("open_session", {})
-    assert not result.is_error, result
-    assert isinstance(result.structured_content, dict)
-    handle = result.structured_content["session"]
-    assert isinstance(handle, str)
-    return handle
 
 
 def http_sessions(sup: Supervisor) -> list[str]:
@@ -203,7 +186,7 @@ async def test_an_http_session_continues_at_4_in_a_new_supervisor(tmp_path: Path
     path = tmp_path / "s.db"
     async with open_supervisor(store=SqliteStore(path)) as sup:
         async with official(McpHttpApp(sup, create_demo_server()), "legacy") as client:
-            assert [await count_with(client) for _ in range(3)] == [1, 2, 3]
+            assert [await count(client) for _ in range(3)] == [1, 2, 3]
         [session_id] = http_sessions(sup)
         handshake = sup.get_session(session_id)
         client_info, capabilities = handshake.client_info, handshake.capabilities
@@ -250,16 +233,16 @@ async def test_a_handle_continues_at_4_in_a_new_supervisor(tmp_path: Path) -> No
     async with open_supervisor(store=SqliteStore(path)) as sup:
         async with official(McpHttpApp(sup, create_demo_server()), "auto") as client:
             handle = await open_handle(client)
-            assert [await count_with(client, handle) for _ in range(3)] == [1, 2, 3]
+            assert [await count(client, handle) for _ in range(3)] == [1, 2, 3]
             assert sup.get_session(handle).durable
     async with open_supervisor(store=SqliteStore(path)) as sup:
         async with official(McpHttpApp(sup, create_demo_server()), "auto") as client:
             assert handle not in sup
-            assert await count_with(client, handle) == 4
+            assert await count(client, handle) == 4
             session = sup.get_session(handle)
             assert session.epoch == 2 and session.metadata["era"] == "2026-07-28"
             assert session.state is SessionState.READY
-            assert await count_with(client, handle) == 5
+            assert await count(client, handle) == 5
             # close_session ends it for good: a later call finds nothing.
             closed = await client.call_tool("close_session", {"session": handle})
             assert not closed.is_error, closed
@@ -273,7 +256,7 @@ async def test_a_passivated_handle_can_be_closed(autojump_clock: trio.testing.Mo
     async with open_supervisor(store=MemoryStore(shelf), idle_timeout=10) as sup:
         async with official(McpHttpApp(sup, create_demo_server()), "auto") as client:
             handle = await open_handle(client)
-            assert await count_with(client, handle) == 1
+            assert await count(client, handle) == 1
             await trio.sleep(11)
             assert handle not in sup and shelf.records[handle].owner is None
             closed = await client.call_tool("close_session", {"session": handle})
@@ -343,13 +326,13 @@ async def test_an_idle_handle_passivates_and_its_next_call_reactivates_it(
     ):
         async with official(McpHttpApp(sup, create_demo_server()), "auto") as client:
             handle = await open_handle(client)
-            assert [await count_with(client, handle) for _ in range(2)] == [1, 2]
+            assert [await count(client, handle) for _ in range(2)] == [1, 2]
             await trio.sleep(11)
             passivated = [e for e in events_only(drain(events)) if e.kind is EventKind.PASSIVATED]
             assert [e.session_id for e in passivated] == [handle]
             assert handle not in sup
-            assert await count_with(client, handle) == 3
-            assert await count_with(client, handle) == 4
+            assert await count(client, handle) == 3
+            assert await count(client, handle) == 4
 
 
 async def test_a_session_tool_of_a_handshake_era_client_keeps_its_handle_durably(
@@ -359,8 +342,8 @@ async def test_a_session_tool_of_a_handshake_era_client_keeps_its_handle_durably
     async with open_supervisor(store=MemoryStore(shelf), idle_timeout=10) as sup:
         async with official(McpHttpApp(sup, create_demo_server()), "legacy") as client:
             handle = await open_handle(client)
-            assert [await count_with(client, handle) for _ in range(2)] == [1, 2]
-            assert await count_with(client) == 1  # the protocol session's own count
+            assert [await count(client, handle) for _ in range(2)] == [1, 2]
+            assert await count(client) == 1  # the protocol session's own count
             assert shelf.records[handle].state == {"counter": 2}
 
 
@@ -433,12 +416,12 @@ async def test_a_handle_call_while_the_handle_passivates_waits_for_it_then_react
     async with open_supervisor(store=MemoryStore(), idle_timeout=10) as sup:
         async with official(McpHttpApp(sup, _lingering_server()), "auto") as client:
             handle = await open_handle(client)
-            assert await count_with(client, handle) == 1
+            assert await count(client, handle) == 1
             lingered = await client.call_tool("linger", {"session": handle})
             assert not lingered.is_error, lingered
             await trio.sleep(10.5)
             assert sup.get_session(handle).close_reason == "idle-timeout"
-            assert await count_with(client, handle) == 2
+            assert await count(client, handle) == 2
             assert sup.get_session(handle).epoch == 2
 
 
@@ -494,11 +477,11 @@ async def test_another_principal_gets_session_not_found_for_a_reactivated_handle
         app = McpHttpApp(sup, create_demo_server(), token_verifier=verify)
         async with official(app, "auto", ALICE) as alice, official(app, "auto", BOB) as bob:
             handle = await open_handle(alice)
-            assert await count_with(alice, handle) == 1
+            assert await count(alice, handle) == 1
             await trio.sleep(11)
             assert handle not in sup
             assert (await tool_error(bob, handle))["error"] == "session-not-found"
-            assert await count_with(alice, handle) == 2
+            assert await count(alice, handle) == 2
 
 
 # -- saves that fail -----------------------------------------------------------------------------
@@ -539,12 +522,12 @@ async def test_a_failed_save_turns_the_handle_call_into_a_tool_error(
     async with open_supervisor(store=store) as sup:
         async with official(McpHttpApp(sup, create_demo_server()), "auto") as client:
             handle = await open_handle(client)
-            assert await count_with(client, handle) == 1
+            assert await count(client, handle) == 1
             store.fail = StoreError("disk full")
             assert (await tool_error(client, handle))["error"] == "state-not-saved"
             assert shelf.records[handle].state == {"counter": 1}
             store.fail = None
-            assert await count_with(client, handle) == 3
+            assert await count(client, handle) == 3
 
 
 async def test_a_session_activated_on_another_node_answers_moved_on_the_stale_one(
@@ -585,10 +568,10 @@ async def test_a_handle_activated_on_another_node_answers_moved_on_the_stale_one
         official(McpHttpApp(b, create_demo_server()), "auto") as on_b,
     ):
         handle = await open_handle(on_a)
-        assert await count_with(on_a, handle) == 1
+        assert await count(on_a, handle) == 1
         assert (await tool_error(on_b, handle))["error"] == "capacity"  # A holds it
         shelf.kill(store_a.node)
-        assert await count_with(on_b, handle) == 2
+        assert await count(on_b, handle) == 2
         assert (await tool_error(on_a, handle))["error"] == "session-moved"
         assert shelf.records[handle].state == {"counter": 2}
 
@@ -737,7 +720,7 @@ async def test_a_handle_whose_retention_ran_out_answers_session_expired(
     async with open_supervisor(store=MemoryStore(shelf), idle_timeout=10, retention=60) as sup:
         async with official(McpHttpApp(sup, create_demo_server()), "auto") as client:
             handle = await open_handle(client)
-            assert await count_with(client, handle) == 1
+            assert await count(client, handle) == 1
             await trio.sleep(11)  # passivated
             assert handle in shelf.records
             await trio.sleep(61)  # and its retention has run out

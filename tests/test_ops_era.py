@@ -38,6 +38,8 @@ from supervisor._ops._top import TopModel, render
 from supervisor.mcp import HANDLE_ERA, McpHttpApp, create_demo_server, open_in_process_streams
 from tests._serve import serve_process
 
+from ._mcp_helpers import count, open_handle
+
 URL = "http://127.0.0.1:8000/mcp"
 REQUESTS = "supervisor_mcp_requests_total"
 DURATION = "supervisor_mcp_request_duration_seconds_count"
@@ -72,24 +74,6 @@ class _InProcess:
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self._cm.__aexit__(*exc_info)
-
-
-async def open_handle(client: Client) -> str:
-    result = await client.call_tool("open_session", {})
-    assert not result.is_error, result
-    assert isinstance(result.structured_content, dict)
-    handle = result.structured_content["session"]
-    assert isinstance(handle, str)
-    return handle
-
-
-async def count(client: Client, handle: str | None = None) -> int:
-    result = await client.call_tool("counter", {} if handle is None else {"session": handle})
-    assert not result.is_error, result
-    assert isinstance(result.structured_content, dict)
-    number = result.structured_content["count"]
-    assert isinstance(number, int)
-    return number
 
 
 async def admin_get(app: AdminApp, path: str) -> httpx.Response:
